@@ -1,0 +1,154 @@
+"""The command line; the only place that turns errors into exit codes.
+
+Exit codes:
+  0  success (daemon stopped by SIGINT/SIGTERM, test mail accepted, --check passed)
+  1  fatal runtime error (Kanidm refused the token, journal write failed, internal error)
+  2  usage error (unknown flag, bad KANIDM_DEBUG value)
+  3  configuration error (file missing or invalid, bad template, schedule never fires)
+  4  refused to start: running as root without --skip-root-check
+  5  the test mail (-t) was not accepted, or --check found a problem
+  6  another instance holds the state directory lock, or it is not writable
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import structlog
+
+from kanidm_mail_sender import __version__
+from kanidm_mail_sender.app import load_configs, render_preview, run_check, run_main, send_test
+from kanidm_mail_sender.config import DEFAULT_CLIENT_CONFIG, DEFAULT_MAIL_CONFIG
+from kanidm_mail_sender.errors import (
+    ConfigError,
+    MailSenderError,
+    PreflightError,
+    RelayError,
+    StateError,
+)
+from kanidm_mail_sender.logs import configure_logging
+from kanidm_mail_sender.messages import TEMPLATE_KINDS
+from kanidm_mail_sender.preflight import Identity, check_not_root
+
+__all__ = ["EXIT_CONFIG", "EXIT_FATAL", "EXIT_OK", "main"]
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_ROOT = 4
+EXIT_SEND_FAILED = 5
+EXIT_STATE = 6
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kanidm-mail-sender",
+        description="Send the mail queued in Kanidm (credential resets, test messages) "
+        "through a TLS SMTP relay.",
+        epilog=__doc__.split("\n", 2)[2] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-c", "--client-config", type=Path, default=DEFAULT_CLIENT_CONFIG,
+                        metavar="PATH", help="Kanidm client config (default: %(default)s)")
+    parser.add_argument("-m", "--mail-sender-config", type=Path, default=DEFAULT_MAIL_CONFIG,
+                        metavar="PATH", help="mail sender config (default: %(default)s)")
+    parser.add_argument("-t", "--test-email", metavar="ADDRESS",
+                        help="send one test message to ADDRESS and exit")
+    parser.add_argument("-d", "--debug", action="store_true", default=None,
+                        help="debug logging (also env KANIDM_DEBUG=true/1/yes/on)")
+    parser.add_argument("-s", "--skip-root-check", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--render", metavar="KIND", choices=TEMPLATE_KINDS,
+                        help=f"print the mail KIND would produce for sample data "
+                        f"({', '.join(TEMPLATE_KINDS)}) and exit")
+    parser.add_argument("--check", action="store_true",
+                        help="check configs, templates, Kanidm and the relay, then exit")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def _debug(flag: bool | None, environ: Mapping[str, str], parser: argparse.ArgumentParser) -> bool:
+    if flag:
+        return True
+    value = environ.get("KANIDM_DEBUG", "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value not in _FALSE:
+        parser.error(f"KANIDM_DEBUG={value!r}: use true/false, 1/0, yes/no or on/off")
+    return False
+
+
+def _json_logs(environ: Mapping[str, str], configured: str | None) -> bool:
+    chosen = environ.get("KANIDM_MAIL_SENDER_LOG_FORMAT", "").strip().lower() or configured
+    return chosen == "json"
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of ``kanidm-mail-sender``; returns the exit code."""
+    env = os.environ if environ is None else environ
+    parser = _parser()
+    args = parser.parse_args(argv)
+    debug = _debug(args.debug, env, parser)
+    configure_logging(debug=debug, json=_json_logs(env, None))
+    log = structlog.get_logger("kanidm_mail_sender")
+    ids = Identity.current()
+    try:
+        if args.check:
+            ok = asyncio.run(run_check(args.client_config, args.mail_sender_config,
+                                       environ=env, ids=ids, out=sys.stdout))
+            return EXIT_OK if ok else EXIT_SEND_FAILED
+        if args.render is None:
+            for warning in check_not_root(ids, skip=args.skip_root_check):
+                log.warning("preflight.root", detail=warning)
+        configs, warnings = load_configs(args.client_config, args.mail_sender_config,
+                                         environ=env, ids=ids)
+        configure_logging(debug=debug, json=_json_logs(env, configs.mail.log_format))
+        log = structlog.get_logger("kanidm_mail_sender")
+        for warning in warnings:
+            log.warning("config.warning", detail=warning)
+        if args.render is not None:
+            sys.stdout.buffer.write(render_preview(configs.mail, args.render))
+            sys.stdout.flush()
+            return EXIT_OK
+        if args.test_email is not None:
+            return _test_mode(configs, args.test_email)
+        asyncio.run(run_main(configs, environ=env))
+    except PreflightError as exc:
+        log.error("preflight.refused", error=str(exc))
+        return EXIT_ROOT
+    except ConfigError as exc:
+        log.error("config.invalid", error=str(exc))
+        return EXIT_CONFIG
+    except StateError as exc:
+        log.error("state.unusable", error=str(exc))
+        return EXIT_STATE
+    except MailSenderError as exc:
+        log.error("daemon.failed", error=str(exc))
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
+
+
+def _test_mode(configs: object, address: str) -> int:
+    from kanidm_mail_sender.app import Configs
+
+    assert isinstance(configs, Configs)
+    log = structlog.get_logger("kanidm_mail_sender")
+    try:
+        reply = asyncio.run(send_test(configs, address))
+    except RelayError as exc:
+        log.error("test.failed", destination=address, error=str(exc))
+        print(f"FAILED: the test message to {address} was not sent: {exc}", flush=True)
+        return EXIT_SEND_FAILED
+    log.info("test.sent", destination=address, reply=reply)
+    print(f"OK: the relay accepted the test message to {address} ({reply})", flush=True)
+    return EXIT_OK

@@ -1,0 +1,375 @@
+"""The two configuration files: Kanidm's client config (``-c``) and ours (``-m``).
+
+Loading is pure apart from reading the files: problems that should not stop the daemon are
+returned as warnings for the caller to log; invalid values raise ConfigError naming the file,
+the key, what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from kanidm_mail_sender.addresses import check_address
+from kanidm_mail_sender.errors import ConfigError
+from kanidm_mail_sender.schedule import DEFAULT_SCHEDULE, parse_schedule
+
+__all__ = [
+    "DEFAULT_CLIENT_CONFIG",
+    "DEFAULT_MAIL_CONFIG",
+    "DEFAULT_STATE_DIR",
+    "ClientConfig",
+    "Loaded",
+    "MailSenderConfig",
+    "RelayEndpoint",
+    "load_client_config",
+    "load_mail_config",
+    "parse_relay_url",
+    "resolve_state_dir",
+    "split_listen",
+]
+
+DEFAULT_CLIENT_CONFIG = Path("/etc/kanidm/config")
+DEFAULT_MAIL_CONFIG = Path("/etc/kanidm/mail-sender")
+DEFAULT_STATE_DIR = Path("/var/lib/kanidm-mail-sender")
+
+
+@dataclass(frozen=True)
+class RelayEndpoint:
+    """Where and how to reach the SMTP relay, derived from ``mail_relay``."""
+
+    host: str
+    port: int
+    implicit_tls: bool
+    helo_name: str | None = None
+    url_username: str | None = None
+    url_password: str | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        """The relay as an operator would write it, without credentials."""
+        return f"{'smtps' if self.implicit_tls else 'smtp'}://{self.host}:{self.port}"
+
+
+def parse_relay_url(url: str) -> RelayEndpoint:
+    """``smtp://`` = STARTTLS required (port 587); ``smtps://`` = implicit TLS (port 465)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError(
+            f"the scheme must be smtp:// (STARTTLS required) or smtps:// (implicit TLS), "
+            f"not {parts.scheme + '://' if parts.scheme else 'missing'}"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("the port is not a number between 0 and 65535") from None
+    if not parts.hostname:
+        raise ValueError("the URL has no host name")
+    implicit = parts.scheme == "smtps"
+    helo = unquote(parts.path.strip("/")) or None
+    # As upstream (lettre): credentials in the URL only count when a password is present.
+    user = unquote(parts.username) if parts.username and parts.password else None
+    password = unquote(parts.password) if parts.password else None
+    return RelayEndpoint(
+        host=parts.hostname,
+        port=port or (465 if implicit else 587),
+        implicit_tls=implicit,
+        helo_name=helo,
+        url_username=user,
+        url_password=password if user else None,
+    )
+
+
+class MailSenderConfig(BaseModel):
+    """The mail-sender config file; upstream's keys first, then ours."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    token: SecretStr
+    schedule: str = DEFAULT_SCHEDULE
+    instance_display_name: str
+    instance_url: str
+    mail_from_address: str
+    mail_reply_to_address: str
+    mail_relay: str
+    mail_username: str | None = None
+    mail_password: SecretStr | None = None
+    mail_connect_timeout_seconds: int = Field(default=15, ge=1, le=3600)
+    # Ours, not upstream's.
+    mail_timeout_seconds: float = Field(default=60, gt=0, le=3600)
+    mail_max_connections: int = Field(default=4, ge=1, le=64)
+    mail_ca_path: Path | None = None
+    mail_helo_name: str | None = None
+    http_timeout_seconds: float = Field(default=30, gt=0, le=3600)
+    state_dir: Path | None = None
+    shutdown_grace_seconds: float = Field(default=10, ge=0, le=3600)
+    retry_initial_seconds: float = Field(default=30, gt=0, le=86400)
+    retry_max_seconds: float = Field(default=3600, gt=0, le=7 * 86400)
+    template_dir: Path | None = None
+    log_format: Literal["text", "json"] = "text"
+    metrics_listen: str | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
+
+    @field_validator("instance_display_name")
+    @classmethod
+    def _display_name(cls, value: str) -> str:
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError("must not contain line breaks; it is used in mail headers")
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("instance_url")
+    @classmethod
+    def _instance_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an absolute URL such as https://idm.example.com")
+        return value
+
+    @field_validator("mail_from_address", "mail_reply_to_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return check_address(value)
+
+    @field_validator("mail_relay")
+    @classmethod
+    def _relay(cls, value: str) -> str:
+        parse_relay_url(value)
+        return value
+
+    @field_validator("mail_helo_name")
+    @classmethod
+    def _helo(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c.isspace() for c in value)):
+            raise ValueError("must be a host name without spaces")
+        return value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _retry_order(self) -> MailSenderConfig:
+        if self.retry_max_seconds < self.retry_initial_seconds:
+            raise ValueError("retry_max_seconds must not be below retry_initial_seconds")
+        return self
+
+    @property
+    def relay(self) -> RelayEndpoint:
+        """The parsed ``mail_relay``."""
+        return parse_relay_url(self.mail_relay)
+
+    def credentials(self) -> tuple[str, str] | None:
+        """SMTP AUTH credentials: the config keys when both are set, else the URL's, else None."""
+        if self.mail_username and self.mail_password is not None:
+            return self.mail_username, self.mail_password.get_secret_value()
+        relay = self.relay
+        if relay.url_username and relay.url_password is not None:
+            return relay.url_username, relay.url_password
+        return None
+
+    def helo_name(self) -> str | None:
+        """The EHLO name: ``mail_helo_name``, else the relay URL's path, else None (host name)."""
+        return self.mail_helo_name or self.relay.helo_name
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` allowed) or raise ValueError."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be host:port, for example 127.0.0.1:9464")
+    return (host.strip("[]") or "127.0.0.1"), int(port)
+
+
+class ClientConfig(BaseModel):
+    """The top-level keys of Kanidm's client config file; named instance tables are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    uri: str
+    verify_ca: bool = True
+    verify_hostnames: bool = True
+    ca_path: Path | None = None
+    connect_timeout: int | None = Field(default=None, ge=1)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(
+                "must be an absolute https URL of your Kanidm server, "
+                "such as https://idm.example.com"
+            )
+        return value
+
+    @property
+    def base_url(self) -> str:
+        """Scheme and authority only: upstream drops any path in ``uri``."""
+        parts = urlsplit(self.uri)
+        return f"{parts.scheme}://{parts.netloc}"
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Loaded(Generic[T]):
+    """A validated config and the warnings found while loading it."""
+
+    config: T
+    warnings: list[str]
+
+
+_HINTS = {
+    "missing": "add it to the file",
+    "extra_forbidden": "remove it",
+}
+
+
+def _explain(path: Path, error: ValidationError) -> ConfigError:
+    lines = []
+    for item in error.errors(include_url=False):
+        key = ".".join(str(p) for p in item["loc"]) or "(file)"
+        message = item["msg"].removeprefix("Value error, ")
+        hint = _HINTS.get(item["type"], "fix the value and start again")
+        lines.append(f"{path}: key '{key}': {message}; {hint}")
+    return ConfigError("\n".join(lines))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found; create it or pass its path") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot be read ({exc.strerror}); check its permissions"
+        ) from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: is not valid TOML: {exc}") from None
+
+
+_SECRETS = (("token", "token_file"), ("mail_password", "mail_password_file"))
+
+
+def _resolve_secrets(
+    path: Path, data: dict[str, Any], environ: Mapping[str, str]
+) -> dict[str, Any]:
+    """Take each secret from exactly one of: the key, ``<key>_file``, or a systemd credential."""
+    data = dict(data)
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    for key, file_key in _SECRETS:
+        sources: list[tuple[str, Path | None]] = []
+        if key in data:
+            sources.append((f"key '{key}'", None))
+        if file_key in data:
+            value = data.pop(file_key)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{path}: key '{file_key}': must be the path of a file")
+            sources.append((f"key '{file_key}'", Path(value)))
+        if credentials and (Path(credentials) / key).is_file():
+            sources.append((f"systemd credential '{key}'", Path(credentials) / key))
+        if len(sources) > 1:
+            names = " and ".join(name for name, _ in sources)
+            raise ConfigError(
+                f"{path}: '{key}' is given by {names}; keep exactly one of them"
+            )
+        if sources and sources[0][1] is not None:
+            secret_path = sources[0][1]
+            try:
+                data[key] = secret_path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{path}: {sources[0][0]}: cannot read {secret_path} ({exc.strerror})"
+                ) from None
+    return data
+
+
+def load_mail_config(
+    path: Path, *, environ: Mapping[str, str] | None = None
+) -> Loaded[MailSenderConfig]:
+    """Read and validate the mail-sender config file at ``path``."""
+    env = os.environ if environ is None else environ
+    data = _resolve_secrets(path, _read_toml(path), env)
+    try:
+        config = MailSenderConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(path, exc) from None
+    warnings = [
+        f"{path}: unknown key '{key}' is ignored; check its spelling"
+        for key in (config.model_extra or {})
+    ]
+    if config.mail_username and config.mail_password is None:
+        warnings.append(
+            f"{path}: 'mail_username' is set without 'mail_password'; "
+            "no SMTP authentication will be attempted"
+        )
+    if config.mail_password is not None and not config.mail_username:
+        warnings.append(
+            f"{path}: 'mail_password' is set without 'mail_username'; "
+            "no SMTP authentication will be attempted"
+        )
+    return Loaded(config, warnings)
+
+
+def load_client_config(path: Path) -> Loaded[ClientConfig]:
+    """Read and validate Kanidm's client config file at ``path`` (top-level keys only)."""
+    data = _read_toml(path)
+    known = set(ClientConfig.model_fields)
+    warnings = [
+        f"{path}: unknown key '{key}' is ignored"
+        for key, value in data.items()
+        if key not in known and not isinstance(value, dict)
+    ]
+    if "uri" not in data:
+        raise ConfigError(
+            f"{path}: key 'uri': missing; add the URL of your Kanidm server, "
+            'for example uri = "https://idm.example.com"'
+        )
+    try:
+        config = ClientConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(path, exc) from None
+    if not config.verify_ca:
+        warnings.append(f"{path}: verify_ca = false: Kanidm's certificate is NOT verified")
+    if not config.verify_hostnames:
+        warnings.append(
+            f"{path}: verify_hostnames = false: Kanidm's certificate may name another host"
+        )
+    return Loaded(config, warnings)
+
+
+def resolve_state_dir(config: MailSenderConfig, environ: Mapping[str, str]) -> Path:
+    """``state_dir``, else systemd's ``$STATE_DIRECTORY`` (first entry), else the default."""
+    if config.state_dir is not None:
+        return config.state_dir
+    from_systemd = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(from_systemd) if from_systemd else DEFAULT_STATE_DIR

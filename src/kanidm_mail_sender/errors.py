@@ -1,0 +1,112 @@
+"""Our exception hierarchy; only :mod:`kanidm_mail_sender.cli` turns these into exit codes.
+
+MailSenderError
+├── ConfigError(ValueError)            a config file is missing, unreadable or invalid
+│   ├── TemplateError                  a message template is missing or fails to render
+│   └── ScheduleError                  the cron expression is invalid or has no future fire time
+├── PreflightError                     refusing to start (running as root)
+├── StateError                         the state directory or its journal cannot be used
+│   └── AlreadyRunning                 another instance holds the state directory lock
+├── KanidmError                        talking to Kanidm failed
+│   ├── KanidmUnavailable(ConnectionError)   network problem or timeout: retry later
+│   ├── KanidmAuthError                      401/403: the token cannot do this; fatal
+│   ├── KanidmNotFound                       404: the message is gone (purged or deleted)
+│   └── KanidmResponseError                  any other status, or an undecodable body
+└── RelayError                         talking to the SMTP relay failed
+    ├── DeliveryDeferred               transient for this destination (4xx, timeout, lost link)
+    ├── DeliveryRejected               permanent for this destination (5xx)
+    └── RelayMisconfigured             relay-wide: authentication, TLS or STARTTLS problem
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyRunning",
+    "ConfigError",
+    "DeliveryDeferred",
+    "DeliveryRejected",
+    "KanidmAuthError",
+    "KanidmError",
+    "KanidmNotFound",
+    "KanidmResponseError",
+    "KanidmUnavailable",
+    "MailSenderError",
+    "PreflightError",
+    "RelayError",
+    "RelayMisconfigured",
+    "ScheduleError",
+    "StateError",
+    "TemplateError",
+]
+
+
+class MailSenderError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(MailSenderError, ValueError):
+    """A configuration file is missing, unreadable or invalid."""
+
+
+class TemplateError(ConfigError):
+    """A message template is missing, broken, or fails to render."""
+
+
+class ScheduleError(ConfigError):
+    """The cron expression is invalid, or it has no fire time in the future."""
+
+
+class PreflightError(MailSenderError):
+    """A start-up safety check refused to let the daemon run."""
+
+
+class StateError(MailSenderError):
+    """The state directory or the delivery journal cannot be used."""
+
+
+class AlreadyRunning(StateError):
+    """Another instance already holds the lock on the state directory."""
+
+
+class KanidmError(MailSenderError):
+    """A call to Kanidm's REST API failed."""
+
+
+class KanidmUnavailable(KanidmError, ConnectionError):
+    """Kanidm could not be reached, or did not answer in time."""
+
+
+class KanidmResponseError(KanidmError):
+    """Kanidm answered with an unexpected status or an undecodable body."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class KanidmAuthError(KanidmResponseError):
+    """Kanidm refused the token (401) or its rights (403)."""
+
+
+class KanidmNotFound(KanidmResponseError):
+    """Kanidm does not know the message (404): purged, deleted, or not visible to us."""
+
+
+class RelayError(MailSenderError):
+    """Relaying a mail through the SMTP server failed."""
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DeliveryDeferred(RelayError):
+    """A transient failure for one destination: try again later."""
+
+
+class DeliveryRejected(RelayError):
+    """A permanent refusal for one destination: never retried automatically."""
+
+
+class RelayMisconfigured(RelayError):
+    """A relay-wide problem (credentials, certificate, STARTTLS): pause all sending."""

@@ -1,0 +1,198 @@
+"""The delivery journal: a SQLite file in the state directory that survives crashes.
+
+For each (message id, destination) it records the relay's acceptance, permanent failures,
+attempts and the next attempt time. Writes are group-committed in a worker thread with
+``synchronous=FULL``: when ``await journal.accepted(...)`` returns, the row is on disk, so a
+mail accepted by the relay is never sent again, whatever happens before mark-sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from kanidm_mail_sender.errors import AlreadyRunning, StateError
+
+__all__ = ["ACCEPTED", "DEFERRED", "EXPIRED", "REJECTED", "DestinationState", "Journal"]
+
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+DEFERRED = "deferred"
+EXPIRED = "expired"
+
+# Kanidm deletes every message 7 days after creation; a day more covers clock skew.
+RETENTION_SECONDS = 8 * 86400
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS delivery (
+    message_id   TEXT NOT NULL,
+    destination  TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    attempts     INTEGER NOT NULL,
+    next_attempt REAL,
+    reply        TEXT,
+    first_seen   REAL NOT NULL,
+    updated      REAL NOT NULL,
+    PRIMARY KEY (message_id, destination)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS delivery_first_seen ON delivery (first_seen);
+"""
+_UPSERT = """
+INSERT INTO delivery (message_id, destination, state, attempts, next_attempt, reply,
+                      first_seen, updated)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (message_id, destination) DO UPDATE SET
+    state = excluded.state, attempts = excluded.attempts,
+    next_attempt = excluded.next_attempt, reply = excluded.reply, updated = excluded.updated
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationState:
+    """What the journal knows about one destination of one message."""
+
+    state: str
+    attempts: int
+    next_attempt: float | None
+    reply: str | None
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+class Journal:
+    """Durable per-destination delivery state, and the single-instance lock."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.path = state_dir / "journal.sqlite3"
+        self._lock_fd = self._lock(state_dir)
+        try:
+            self._writer = _connect(self.path)
+            self._writer.executescript(_SCHEMA)
+            self._reader = _connect(self.path)
+        except sqlite3.Error as exc:
+            os.close(self._lock_fd)
+            raise StateError(f"{self.path}: cannot open the delivery journal ({exc})") from None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._pending: list[tuple[Any, ...]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def _lock(state_dir: Path) -> int:
+        try:
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateError(
+                f"state directory {state_dir} is not writable ({exc.strerror}); set state_dir "
+                "to a directory the service user owns, or use systemd's StateDirectory="
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise AlreadyRunning(
+                f"another kanidm-mail-sender already uses {state_dir}; stop it first, or give "
+                "this one its own state_dir (two senders on one queue would mail twice)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
+
+    def states(self, message_id: UUID) -> dict[str, DestinationState]:
+        """Everything recorded for ``message_id``, keyed by destination."""
+        rows = self._reader.execute(
+            "SELECT destination, state, attempts, next_attempt, reply FROM delivery "
+            "WHERE message_id = ?",
+            (str(message_id),),
+        ).fetchall()
+        return {row[0]: DestinationState(*row[1:]) for row in rows}
+
+    async def record(
+        self,
+        message_id: UUID,
+        destination: str,
+        state: str,
+        *,
+        now: float,
+        attempts: int = 0,
+        next_attempt: float | None = None,
+        reply: str | None = None,
+    ) -> None:
+        """Write one row; returns once it is committed to disk."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._pending.append(
+            (str(message_id), destination, state, attempts, next_attempt, reply, now, now)
+        )
+        self._waiters.append(waiter)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await asyncio.shield(waiter)
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            batch, waiters = self._pending, self._waiters
+            self._pending, self._waiters = [], []
+            try:
+                await loop.run_in_executor(self._executor, self._commit, batch)
+            except sqlite3.Error as exc:
+                error = StateError(f"{self.path}: writing the delivery journal failed ({exc})")
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(error)
+            else:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    def _commit(self, batch: list[tuple[Any, ...]]) -> None:
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_UPSERT, batch)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    async def drain(self) -> None:
+        """Wait until every pending write is committed."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+
+    def prune(self, now: float) -> int:
+        """Forget rows older than Kanidm's retention; returns how many went."""
+        cursor = self._writer.execute(
+            "DELETE FROM delivery WHERE first_seen < ?", (now - RETENTION_SECONDS,)
+        )
+        return cursor.rowcount
+
+    def counts(self) -> dict[str, int]:
+        """Rows per state, for --check and tests."""
+        return dict(
+            self._reader.execute("SELECT state, count(*) FROM delivery GROUP BY state").fetchall()
+        )
+
+    def close(self) -> None:
+        """Close the database and release the lock."""
+        self._executor.shutdown(wait=True)
+        for conn in (self._reader, self._writer):
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        os.close(self._lock_fd)

@@ -1,0 +1,141 @@
+"""Kanidm's REST API, the two calls we need: list ready messages and mark one sent."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID
+
+import httpx
+
+from kanidm_mail_sender import __version__
+from kanidm_mail_sender.config import ClientConfig
+from kanidm_mail_sender.errors import (
+    ConfigError,
+    KanidmAuthError,
+    KanidmError,
+    KanidmNotFound,
+    KanidmResponseError,
+    KanidmUnavailable,
+)
+from kanidm_mail_sender.messages import ReadyListParser
+
+__all__ = ["READY_PATH", "KanidmClient", "build_http_client", "sent_path"]
+
+READY_PATH = "/scim/v1/Message/_ready"
+USER_AGENT = f"kanidm-mail-sender/{__version__}"
+
+
+def sent_path(message_id: UUID) -> str:
+    """The mark-sent path; POST is the only method Kanidm's router accepts there."""
+    return f"/scim/v1/Message/{message_id}/_sent"
+
+
+def _tls_context(config: ClientConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if config.ca_path is not None:
+        try:
+            context.load_verify_locations(cafile=str(config.ca_path))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"ca_path {config.ca_path}: cannot load a PEM CA certificate from it ({exc})"
+            ) from None
+    if not config.verify_hostnames or not config.verify_ca:
+        context.check_hostname = False
+    if not config.verify_ca:
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def build_http_client(
+    config: ClientConfig,
+    token: str,
+    *,
+    timeout: float = 30,
+    max_connections: int = 8,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """An httpx client for Kanidm: bearer token, our TLS settings, timeouts on every request."""
+    return httpx.AsyncClient(
+        base_url=config.base_url,
+        verify=_tls_context(config),
+        timeout=httpx.Timeout(timeout, connect=config.connect_timeout or timeout),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+        headers={"Authorization": f"Bearer {token}", "User-Agent": USER_AGENT},
+        transport=transport,
+        follow_redirects=False,
+    )
+
+
+def _status_error(response: httpx.Response, what: str, body: bytes) -> KanidmError:
+    excerpt = body[:200].decode("utf-8", "replace").strip()
+    status = response.status_code
+    detail = f"{what}: Kanidm answered {status} {excerpt}".rstrip()
+    if status == 401:
+        return KanidmAuthError(
+            f"{detail}; the API token is not accepted: it may have expired or been revoked, "
+            "or it is not the token of the mail-sender service account",
+            status=status,
+        )
+    if status == 403:
+        return KanidmAuthError(
+            f"{detail}; the token lacks the rights: it must be a read-write API token "
+            "(--readwrite) of an account in idm_message_senders",
+            status=status,
+        )
+    if status == 404:
+        return KanidmNotFound(detail, status=status)
+    return KanidmResponseError(detail, status=status)
+
+
+class KanidmClient:
+    """Lists ready messages and marks them sent, mapping httpx errors to ours."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self._http = http
+
+    async def ready(self) -> AsyncIterator[Any]:
+        """Yield each resource of the ready list as it is parsed off the wire."""
+        parser = ReadyListParser()
+        try:
+            async with self._http.stream("GET", READY_PATH) as response:
+                if response.status_code != 200:
+                    raise _status_error(response, "listing ready messages", await response.aread())
+                async for chunk in response.aiter_bytes():
+                    for resource in parser.feed(chunk):
+                        yield resource
+            for resource in parser.feed(b"", final=True):
+                yield resource
+        except httpx.TimeoutException as exc:
+            raise KanidmUnavailable(f"listing ready messages: Kanidm timed out ({exc!r})") from exc
+        except httpx.TransportError as exc:
+            raise KanidmUnavailable(f"listing ready messages: cannot reach Kanidm ({exc})") from exc
+        except ValueError as exc:
+            raise KanidmResponseError(f"listing ready messages: {exc}", status=200) from exc
+
+    async def count_ready(self) -> int:
+        """How many messages are ready (for ``--check``)."""
+        return sum([1 async for _ in self.ready()])
+
+    async def mark_sent(self, message_id: UUID) -> None:
+        """Tell Kanidm the message was relayed; success is exactly 200."""
+        what = f"marking message {message_id} sent"
+        try:
+            response = await self._http.post(
+                sent_path(message_id),
+                content=b"null",
+                headers={"Content-Type": "application/json"},
+            )
+        except httpx.TimeoutException as exc:
+            raise KanidmUnavailable(f"{what}: Kanidm timed out ({exc!r})") from exc
+        except httpx.TransportError as exc:
+            raise KanidmUnavailable(f"{what}: cannot reach Kanidm ({exc})") from exc
+        if response.status_code != 200:
+            raise _status_error(response, what, response.content)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()

@@ -1,0 +1,52 @@
+"""Logging: structlog to stderr, readable text by default or JSON lines when asked."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["configure_logging", "redact_secrets"]
+
+_SECRET_KEYS = frozenset({"token", "password", "mail_password", "authorization", "secret"})
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A last line of defence: no value under a secret-sounding key ever reaches the output."""
+    for key in event_dict.keys() & _SECRET_KEYS:
+        event_dict[key] = "[redacted]"
+    return event_dict
+
+
+def configure_logging(*, debug: bool, json: bool, stream: TextIO | None = None) -> None:
+    """Configure structlog once, from the CLI."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=False, sort_keys=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_secrets,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.DEBUG if debug else logging.INFO
+        ),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    # Libraries log through the stdlib; keep them quiet unless debugging.
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    for name in ("httpx", "httpcore", "aiosmtplib", "asyncio"):
+        logging.getLogger(name).setLevel(logging.INFO if debug else logging.WARNING)

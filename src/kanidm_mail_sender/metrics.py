@@ -1,0 +1,95 @@
+"""Prometheus metrics and the health/readiness state behind ``/healthz`` and ``/readyz``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from kanidm_mail_sender.httpserver import Request, Response, serve
+
+__all__ = ["Metrics", "start_metrics_server"]
+
+# Ready means: the last poll succeeded, and the relay worked (or was checked) this recently.
+RELAY_FRESHNESS_SECONDS = 300.0
+
+
+class Metrics:
+    """Counters and gauges of one daemon, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.delivered = Counter(
+            "kanidm_mail_sender_delivered", "Mails accepted by the relay.", registry=r
+        )
+        self.transient_failures = Counter(
+            "kanidm_mail_sender_transient_failures",
+            "Deliveries deferred (4xx, timeouts, lost connections).", registry=r,
+        )
+        self.permanent_failures = Counter(
+            "kanidm_mail_sender_permanent_failures",
+            "Deliveries refused for good (5xx, invalid address, no destination).", registry=r,
+        )
+        self.expired = Counter(
+            "kanidm_mail_sender_expired", "Credential resets not mailed because expired.",
+            registry=r,
+        )
+        self.marked_sent = Counter(
+            "kanidm_mail_sender_marked_sent", "Messages marked sent in Kanidm.", registry=r
+        )
+        self.queue_size = Gauge(
+            "kanidm_mail_sender_queue_size", "Ready messages listed by the last poll.", registry=r
+        )
+        self.last_poll = Gauge(
+            "kanidm_mail_sender_last_successful_poll_timestamp_seconds",
+            "Unix time of the last successful poll.", registry=r,
+        )
+        self.oldest_age = Gauge(
+            "kanidm_mail_sender_oldest_ready_message_age_seconds",
+            "Age of the oldest ready message at the last poll.", registry=r,
+        )
+        self.poll_ok = False
+        self.relay_ok_at: float | None = None
+        self.relay_paused = False
+
+    def relay_ok(self) -> None:
+        """The relay accepted a mail or a check just now."""
+        self.relay_ok_at = time.monotonic()
+        self.relay_paused = False
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether to report ready, and why not."""
+        if not self.poll_ok:
+            return False, "the last poll of Kanidm failed or none has run yet"
+        if self.relay_paused:
+            return False, "sending is paused after a relay-wide failure"
+        ok_at = self.relay_ok_at
+        if ok_at is None or time.monotonic() - ok_at > RELAY_FRESHNESS_SECONDS:
+            return False, "the relay has not been reached recently"
+        return True, "ok"
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+async def start_metrics_server(metrics: Metrics, host: str, port: int) -> asyncio.Server:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on host:port."""
+
+    async def handle(request: Request) -> Response:
+        path = request.path.split("?", 1)[0]
+        if request.method != "GET":
+            return Response(405, b"GET only\n", "text/plain")
+        if path == "/metrics":
+            return Response(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+        if path == "/healthz":
+            return Response(200, b"ok\n", "text/plain")
+        if path == "/readyz":
+            ok, why = metrics.ready()
+            return Response(200 if ok else 503, f"{why}\n".encode(), "text/plain")
+        return Response(404, b"not found\n", "text/plain")
+
+    return await serve(handle, host, port)

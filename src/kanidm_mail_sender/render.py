@@ -1,0 +1,179 @@
+"""Message templates: Jinja2 files per kind and version, built in or overridden by the operator.
+
+For a kind such as ``credential_reset_v1`` there are three files: ``<kind>.subject.j2`` and
+``<kind>.txt.j2`` (required) and ``<kind>.html.j2`` (optional; HTML is autoescaped). A file
+of the same name in ``template_dir`` replaces the built-in one.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+from uuid import UUID
+
+import jinja2
+
+from kanidm_mail_sender.errors import TemplateError
+from kanidm_mail_sender.messages import (
+    TEMPLATE_KINDS,
+    CredentialResetV1,
+    Template,
+    TestMessageV1,
+)
+
+__all__ = ["RenderedMail", "Renderer", "action_url", "sample_template"]
+
+SAMPLE_MESSAGE_ID = UUID("0a9318dc-920f-4944-9ce4-91b4322b5dad")
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedMail:
+    """The text parts of one mail, before headers are added."""
+
+    subject: str
+    text: str
+    html: str | None
+
+
+def action_url(instance_url: str, path: str, intent_id: str) -> str:
+    """Upstream's link rule: replace the path, append ``token=<intent_id>`` to the query."""
+    parts = urlsplit(instance_url)
+    token = urlencode({"token": intent_id})
+    query = f"{parts.query}&{token}" if parts.query else token
+    return urlunsplit((parts.scheme, parts.netloc, path, query, parts.fragment))
+
+
+def sample_template(kind: str, now: datetime) -> Template:
+    """Representative data for previews and start-up checks."""
+    if kind == CredentialResetV1.kind:
+        return CredentialResetV1(
+            display_name="Alice Example",
+            intent_id="k4p9x-2hzat-vqe7c-83wbj",
+            expiry_time=now.replace(microsecond=0) + timedelta(hours=1),
+        )
+    if kind == TestMessageV1.kind:
+        return TestMessageV1(display_name="Alice Example")
+    raise TemplateError(f"unknown message kind {kind!r}; known kinds: {', '.join(TEMPLATE_KINDS)}")
+
+
+def _autoescape(name: str | None) -> bool:
+    return bool(name and name.endswith(".html.j2"))
+
+
+class Renderer:
+    """Renders a queued message's template into subject, text and optional HTML."""
+
+    def __init__(
+        self, *, instance_display_name: str, instance_url: str, template_dir: Path | None = None
+    ) -> None:
+        loaders: list[jinja2.BaseLoader] = []
+        if template_dir is not None:
+            if not template_dir.is_dir():
+                raise TemplateError(f"template_dir {template_dir} is not a directory")
+            loaders.append(jinja2.FileSystemLoader(template_dir))
+        loaders.append(jinja2.PackageLoader("kanidm_mail_sender", "templates"))
+        self._env = jinja2.Environment(
+            loader=jinja2.ChoiceLoader(loaders),
+            undefined=jinja2.StrictUndefined,
+            autoescape=_autoescape,  # noqa: S701 - on for *.html.j2; text mail must not escape
+            keep_trailing_newline=True,
+            auto_reload=False,
+        )
+        self._display_name = instance_display_name
+        self._instance_url = instance_url
+        self._templates = {kind: self._load(kind) for kind in TEMPLATE_KINDS}
+
+    def _load(self, kind: str) -> tuple[jinja2.Template, jinja2.Template, jinja2.Template | None]:
+        def get(name: str, required: bool) -> jinja2.Template | None:
+            try:
+                return self._env.get_template(name)
+            except jinja2.TemplateNotFound:
+                if required:
+                    raise TemplateError(f"template {name} is missing") from None
+                return None
+            except jinja2.TemplateSyntaxError as exc:
+                raise TemplateError(
+                    f"template {exc.filename or name}, line {exc.lineno}: {exc.message}"
+                ) from None
+
+        subject = get(f"{kind}.subject.j2", True)
+        text = get(f"{kind}.txt.j2", True)
+        assert subject is not None
+        assert text is not None
+        return subject, text, get(f"{kind}.html.j2", False)
+
+    def sources(self, kind: str) -> list[str]:
+        """Where each template file of ``kind`` was loaded from."""
+        return [t.filename or t.name or "?" for t in self._templates[kind] if t is not None]
+
+    def context(self, template: Template, *, message_id: UUID, destination: str) -> dict[str, Any]:
+        """The variables a template of this kind receives (documented in README)."""
+        context: dict[str, Any] = {
+            "instance_display_name": self._display_name,
+            "instance_url": self._instance_url,
+            "display_name": template.display_name,
+            "message_id": str(message_id),
+            "destination": destination,
+            "kind": template.kind,
+        }
+        if isinstance(template, CredentialResetV1):
+            context.update(
+                intent_id=template.intent_id,
+                reset_url=action_url(self._instance_url, "/ui/reset", template.intent_id),
+                revoke_url=action_url(self._instance_url, "/ui/revoke", template.intent_id),
+                expiry=format_datetime(template.expiry_time.astimezone(UTC)),
+                expiry_time=template.expiry_time,
+            )
+        return context
+
+    def render(self, template: Template, *, message_id: UUID, destination: str) -> RenderedMail:
+        """Render all parts of one mail; raises TemplateError naming the file and line."""
+        subject_t, text_t, html_t = self._templates[template.kind]
+        context = self.context(template, message_id=message_id, destination=destination)
+        subject = " ".join(self._run(subject_t, context).split())
+        return RenderedMail(
+            subject=subject,
+            text=self._run(text_t, context),
+            html=None if html_t is None else self._run(html_t, context),
+        )
+
+    @staticmethod
+    def _run(template: jinja2.Template, context: dict[str, Any]) -> str:
+        try:
+            return template.render(context)
+        except jinja2.TemplateError as exc:
+            line = _template_line(template.filename)
+            where = f", line {line}" if line else ""
+            raise TemplateError(
+                f"template {template.filename or template.name}{where}: {exc}"
+            ) from None
+
+    def check_all(self, now: datetime) -> None:
+        """Render every kind with sample data; raises TemplateError on the first broken one."""
+        for kind in TEMPLATE_KINDS:
+            self.render(
+                sample_template(kind, now),
+                message_id=SAMPLE_MESSAGE_ID,
+                destination="alice@example.com",
+            )
+
+
+def _template_line(filename: str | None) -> int | None:
+    """The template line of the error being handled, from Jinja's rewritten traceback."""
+    tb = sys.exc_info()[2]
+    line = None
+    while tb is not None:
+        if filename and tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def now_utc() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(UTC)
