@@ -254,7 +254,7 @@ async def run_main(configs: Configs, *, environ: Mapping[str, str]) -> None:
             log.info("daemon.stopped", signal=received[0])
     finally:
         if server is not None:
-            server.close()
+            await server.close()
         await relay.close()
         await kanidm.aclose()
         journal.close()

@@ -147,7 +147,7 @@ class Engine:
         self._drained.clear()
 
     def _release(self, message_id: UUID) -> None:
-        self._release(message_id)
+        self._in_flight.discard(message_id)
         if not self._in_flight:
             self._drained.set()
 
@@ -414,6 +414,8 @@ class Engine:
             message_id = await self._mark_queue.get()
             try:
                 await self._mark(message_id)
+            except Exception as exc:  # a bug must not silently kill a worker
+                log.exception("engine.worker_error", message_id=str(message_id), error=repr(exc))
             finally:
                 self._release(message_id)
 

@@ -12,7 +12,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Request", "Response", "serve"]
+__all__ = ["HttpServer", "Request", "Response", "serve"]
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
@@ -80,12 +80,37 @@ async def _write_response(writer: asyncio.StreamWriter, response: Response) -> N
     await writer.drain()
 
 
+class HttpServer:
+    """A listening server; ``close()`` also ends the open keep-alive connections."""
+
+    def __init__(self, server: asyncio.Server, tasks: set[asyncio.Task[None]]) -> None:
+        self._server = server
+        self._tasks = tasks
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        """Stop listening and cancel every connection."""
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+
 async def serve(
     handler: Handler, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
-) -> asyncio.Server:
+) -> HttpServer:
     """Start serving ``handler`` on host:port (0 picks a free port)."""
+    tasks: set[asyncio.Task[None]] = set()
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
         try:
             while True:
                 request = await _read_request(reader)
@@ -98,11 +123,14 @@ async def serve(
                 await _write_response(writer, response)
                 if request.headers.get("connection", "").lower() == "close":
                     break
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError,
+                asyncio.CancelledError):
             pass
         finally:
+            tasks.discard(task)
             writer.close()
             with contextlib.suppress(ConnectionError, ssl.SSLError, OSError):
                 await writer.wait_closed()
 
-    return await asyncio.start_server(connection, host, port, ssl=ssl_context)
+    server = await asyncio.start_server(connection, host, port, ssl=ssl_context)
+    return HttpServer(server, tasks)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from kanidm_mail_sender.httpserver import Request, Response, serve
+from kanidm_mail_sender.httpserver import HttpServer, Request, Response, serve
 
 __all__ = ["Metrics", "start_metrics_server"]
 
@@ -76,7 +75,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-async def start_metrics_server(metrics: Metrics, host: str, port: int) -> asyncio.Server:
+async def start_metrics_server(metrics: Metrics, host: str, port: int) -> HttpServer:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on host:port."""
 
     async def handle(request: Request) -> Response:

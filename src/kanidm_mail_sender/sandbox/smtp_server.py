@@ -1,0 +1,173 @@
+"""A capturing SMTP relay stand-in on aiosmtpd: implicit TLS, STARTTLS-required or plain,
+optional AUTH, and scripted faults per recipient."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import threading
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any, Literal
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from kanidm_mail_sender.sandbox.certs import Certs
+
+__all__ = ["CapturedMail", "SmtpStandIn"]
+
+Mode = Literal["starttls", "smtps", "plain"]
+
+
+@dataclass(frozen=True)
+class CapturedMail:
+    """One accepted mail: envelope and parsed message."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    authenticated_as: str | None
+
+    @property
+    def message(self) -> EmailMessage:
+        """The mail parsed with the modern policy (decoded headers)."""
+        parsed = email.message_from_bytes(self.data, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+@dataclass
+class RelayFaults:
+    """Scripted relay behaviour. Lists are consumed one entry per matching attempt."""
+
+    rcpt_replies: dict[str, list[str]] = field(default_factory=dict)
+    data_replies: dict[str, list[str]] = field(default_factory=dict)
+    drop_in_data: dict[str, int] = field(default_factory=dict)
+    stall_in_data: float = 0.0
+
+
+class _Handler:
+    def __init__(self, stand_in: SmtpStandIn) -> None:
+        self._s = stand_in
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,  # noqa: N802
+                          address: str, rcpt_options: list[str]) -> str:
+        with self._s.lock:
+            replies = self._s.faults.rcpt_replies.get(address)
+            if replies:
+                return replies.pop(0)
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session,  # noqa: N802
+                          envelope: Envelope) -> str:
+        rcpt = envelope.rcpt_tos[0] if envelope.rcpt_tos else ""
+        if self._s.faults.stall_in_data:
+            await asyncio.sleep(self._s.faults.stall_in_data)
+        with self._s.lock:
+            if self._s.faults.drop_in_data.get(rcpt, 0) > 0:
+                self._s.faults.drop_in_data[rcpt] -= 1
+                assert server.transport is not None
+                server.transport.close()
+                return "421 4.4.2 dropped by test"
+            replies = self._s.faults.data_replies.get(rcpt)
+            if replies:
+                return replies.pop(0)
+            auth = session.auth_data if session.authenticated else None
+            login = auth.login if isinstance(auth, LoginPassword) else None
+            content = envelope.original_content or envelope.content or b""
+            assert isinstance(content, bytes)
+            mail = CapturedMail(
+                mail_from=envelope.mail_from or "",
+                rcpt_tos=list(envelope.rcpt_tos),
+                data=content,
+                authenticated_as=login.decode() if isinstance(login, bytes) else None,
+            )
+            if self._s.keep:
+                self._s.mails.append(mail)
+            self._s.count += 1
+            if self._s.on_mail is not None:
+                self._s.on_mail(mail)
+        return f"250 2.0.0 Ok: queued as Q{self._s.count}"
+
+
+class SmtpStandIn:
+    """Starts an aiosmtpd relay in its own thread; ``mails`` collects what it accepted."""
+
+    def __init__(
+        self,
+        certs: Certs,
+        *,
+        mode: Mode = "starttls",
+        auth: tuple[str, str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        keep: bool = True,
+    ) -> None:
+        self.certs = certs
+        self.mode = mode
+        self.auth = auth
+        self.host = host
+        self.mails: list[CapturedMail] = []
+        self.count = 0
+        self.keep = keep
+        self.faults = RelayFaults()
+        self.lock = threading.Lock()
+        self.on_mail: Any = None
+        self.auth_failures = 0
+        self._controller: Controller | None = None
+        self._port = port
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        assert self._controller is not None
+        return int(self._controller.port)
+
+    @property
+    def url(self) -> str:
+        """The ``mail_relay`` URL for this stand-in."""
+        scheme = "smtps" if self.mode == "smtps" else "smtp"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def _authenticator(self, server: SMTP, session: Session, envelope: Envelope,
+                       mechanism: str, auth_data: Any) -> AuthResult:
+        assert self.auth is not None
+        ok = (isinstance(auth_data, LoginPassword)
+              and auth_data.login == self.auth[0].encode()
+              and auth_data.password == self.auth[1].encode())
+        if not ok:
+            self.auth_failures += 1
+        return AuthResult(success=ok, handled=False, auth_data=auth_data)
+
+    def start(self) -> None:
+        """Start listening (picks a free port when ``port`` was 0)."""
+        options: dict[str, Any] = {"server_hostname": "relay.test", "hostname": self.host}
+        if self.mode == "smtps":
+            options["ssl_context"] = self.certs.server_context()
+            options["auth_require_tls"] = False  # aiosmtpd only counts STARTTLS as TLS
+        elif self.mode == "starttls":
+            options["tls_context"] = self.certs.server_context()
+            options["require_starttls"] = True
+        if self.auth is not None:
+            options["auth_required"] = True
+            options["authenticator"] = self._authenticator
+        port = self._port or _free_port(self.host)
+        self._controller = Controller(_Handler(self), port=port, ready_timeout=10, **options)
+        self._controller.start()
+
+    def stop(self) -> None:
+        """Stop the listener thread."""
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
