@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -210,8 +211,8 @@ class ClientConfig(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     uri: str
-    verify_ca: bool = True
-    verify_hostnames: bool = True
+    verify_ca: StrictBool = True
+    verify_hostnames: StrictBool = True
     ca_path: Path | None = None
     connect_timeout: int | None = Field(default=None, ge=1)
 
@@ -254,7 +255,8 @@ def _explain(path: Path, error: ValidationError) -> ConfigError:
     lines = []
     for item in error.errors(include_url=False):
         key = ".".join(str(p) for p in item["loc"]) or "(file)"
-        message = item["msg"].removeprefix("Value error, ")
+        message = "is missing" if item["type"] == "missing" else item["msg"]
+        message = message.removeprefix("Value error, ")
         hint = _HINTS.get(item["type"], "fix the value and start again")
         lines.append(f"{path}: key '{key}': {message}; {hint}")
     return ConfigError("\n".join(lines))

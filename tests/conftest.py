@@ -1,0 +1,159 @@
+"""Shared fixtures: certificates, the Kanidm and SMTP stand-ins, and an engine factory."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from kanidm_mail_sender.config import load_client_config, load_mail_config
+from kanidm_mail_sender.engine import Engine, EngineSettings
+from kanidm_mail_sender.journal import Journal
+from kanidm_mail_sender.kanidm import KanidmClient, build_http_client
+from kanidm_mail_sender.mail import MailIdentity
+from kanidm_mail_sender.relay import SmtpRelay, build_tls_context
+from kanidm_mail_sender.render import Renderer
+from kanidm_mail_sender.sandbox.certs import Certs, make_certs
+from kanidm_mail_sender.sandbox.configs import write_configs
+from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
+from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
+
+TOKEN = "test-token-abc.def.ghi"
+SMTP_AUTH = ("mailer", "s3cret-pässword")
+
+_ENV_TO_CLEAR = ("SSL_CERT_FILE", "SSL_CERT_DIR", "KANIDM_DEBUG", "CREDENTIALS_DIRECTORY",
+                 "STATE_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+                 "KANIDM_MAIL_SENDER_LOG_FORMAT", "HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's trust and proxy variables must not change what a test sees."""
+    for name in _ENV_TO_CLEAR:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+async def kanidm(certs: Certs) -> AsyncIterator[KanidmStandIn]:
+    stand_in = KanidmStandIn(TOKEN)
+    await stand_in.start(certs.server_context())
+    yield stand_in
+    await stand_in.stop()
+
+
+@pytest.fixture
+def relay_factory(certs: Certs) -> Iterator[Callable[..., SmtpStandIn]]:
+    started: list[SmtpStandIn] = []
+
+    def create(mode: str = "starttls", auth: tuple[str, str] | None = SMTP_AUTH,
+               **kwargs: Any) -> SmtpStandIn:
+        stand_in = SmtpStandIn(certs, mode=mode, auth=auth, **kwargs)  # type: ignore[arg-type]
+        stand_in.start()
+        started.append(stand_in)
+        return stand_in
+
+    yield create
+    for stand_in in started:
+        stand_in.stop()
+
+
+@pytest.fixture
+def relay(relay_factory: Callable[..., SmtpStandIn]) -> SmtpStandIn:
+    return relay_factory()
+
+
+@pytest.fixture
+def config_files(tmp_path: Path, kanidm: KanidmStandIn, relay: SmtpStandIn,
+                 certs: Certs) -> Callable[..., tuple[Path, Path]]:
+    def create(**overrides: Any) -> tuple[Path, Path]:
+        target = overrides.pop("relay", relay)
+        return write_configs(tmp_path / "config", kanidm_url=kanidm.url, token=TOKEN,
+                             relay=target, certs=certs, **overrides)
+
+    return create
+
+
+class Harness:
+    """An engine wired to the stand-ins, as the daemon wires it."""
+
+    def __init__(self, engine: Engine, journal: Journal, client: KanidmClient,
+                 smtp: SmtpRelay) -> None:
+        self.engine = engine
+        self.journal = journal
+        self.client = client
+        self.smtp = smtp
+
+    async def cycle(self) -> None:
+        """One poll, then wait until everything it started has finished."""
+        await self.engine.poll()
+        await self.engine.idle()
+
+
+@pytest.fixture
+async def harness_factory(
+    config_files: Callable[..., tuple[Path, Path]], tmp_path: Path
+) -> AsyncIterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def create(settings: EngineSettings | None = None, clock: Callable[[], float] | None = None,
+               **overrides: Any) -> Harness:
+        client_path, mail_path = config_files(**overrides)
+        client_config = load_client_config(client_path).config
+        config = load_mail_config(mail_path, environ={}).config
+        journal = Journal(config.state_dir or tmp_path / "state")
+        http = build_http_client(client_config, config.token.get_secret_value(), timeout=5)
+        client = KanidmClient(http)
+        smtp = SmtpRelay(config.relay, tls_context=build_tls_context(config.mail_ca_path),
+                         credentials=config.credentials(), helo_name="sender.test",
+                         connect_timeout=5, command_timeout=config.mail_timeout_seconds,
+                         max_connections=config.mail_max_connections)
+        renderer = Renderer(instance_display_name=config.instance_display_name,
+                            instance_url=config.instance_url, template_dir=config.template_dir)
+        identity = MailIdentity(config.instance_display_name, config.mail_from_address,
+                                config.mail_reply_to_address)
+        engine = Engine(source=client, transport=smtp, journal=journal, renderer=renderer,
+                        identity=identity,
+                        settings=settings or EngineSettings(
+                            send_workers=config.mail_max_connections, retry_initial=30,
+                            mark_retry_initial=0.05, mark_retry_max=0.2,
+                            list_retry_initial=0.01, list_retry_max=0.01),
+                        **({"clock": clock} if clock else {}))
+        engine.start()
+        harness = Harness(engine, journal, client, smtp)
+        made.append(harness)
+        return harness
+
+    yield create
+    for harness in made:
+        await harness.engine.shutdown(0.5)
+        await harness.smtp.close()
+        await harness.client.aclose()
+        harness.journal.close()
+
+
+@pytest.fixture
+def daemon_command() -> Callable[..., list[str]]:
+    def command(client: Path, mail: Path, *extra: str) -> list[str]:
+        args = [sys.executable, "-m", "kanidm_mail_sender", "-c", str(client), "-m", str(mail)]
+        if os.geteuid() == 0 or os.getegid() == 0:
+            args.append("--skip-root-check")
+        return [*args, *extra]
+
+    return command

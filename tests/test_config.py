@@ -1,0 +1,217 @@
+"""Both config files: defaults, every kind of bad value, secrets from files and credentials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from kanidm_mail_sender.config import (
+    load_client_config,
+    load_mail_config,
+    parse_relay_url,
+    resolve_state_dir,
+)
+from kanidm_mail_sender.errors import ConfigError
+
+GOOD: dict[str, Any] = {
+    "token": "tok.en.value",
+    "instance_display_name": "Kanidm",
+    "instance_url": "https://idm.example.com",
+    "mail_from_address": "idm@example.com",
+    "mail_reply_to_address": "help@example.com",
+    "mail_relay": "smtp://relay.example.com",
+}
+
+
+def write(tmp_path: Path, data: dict[str, Any], name: str = "mail-sender") -> Path:
+    path = tmp_path / name
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def with_(**changes: Any) -> dict[str, Any]:
+    data = dict(GOOD)
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key)
+        else:
+            data[key] = value
+    return data
+
+
+def test_defaults_match_upstream(tmp_path: Path) -> None:
+    loaded = load_mail_config(write(tmp_path, GOOD), environ={})
+    config = loaded.config
+    assert config.schedule == "*/5 * * * * * *"
+    assert config.mail_connect_timeout_seconds == 15
+    assert config.mail_max_connections == 4
+    assert config.shutdown_grace_seconds == 10
+    assert config.credentials() is None
+    assert loaded.warnings == []
+    relay = config.relay
+    assert (relay.host, relay.port, relay.implicit_tls) == ("relay.example.com", 587, False)
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "fragment"),
+    [
+        ({"token": None}, "token", "missing"),
+        ({"instance_url": "idm.example.com"}, "instance_url", "absolute URL"),
+        ({"mail_relay": "relay.example.com"}, "mail_relay", "smtp://"),
+        ({"mail_relay": "http://relay.example.com"}, "mail_relay", "not http://"),
+        ({"mail_relay": "smtp://"}, "mail_relay", "no host"),
+        ({"mail_relay": "smtp://relay:99999"}, "mail_relay", "port"),
+        ({"mail_from_address": "not-an-address"}, "mail_from_address", "local-part@domain"),
+        ({"mail_reply_to_address": "a@-bad-.com"}, "mail_reply_to_address", "host name"),
+        ({"instance_display_name": "Evil\r\nBcc: x@y.z"}, "instance_display_name",
+         "line breaks"),
+        ({"schedule": "* * * * *"}, "schedule", "5 fields"),
+        ({"schedule": "0 0 0 * * 0"}, "schedule", "outside day of week"),
+        ({"mail_connect_timeout_seconds": 0}, "mail_connect_timeout_seconds", "greater"),
+        ({"mail_max_connections": 0}, "mail_max_connections", "greater"),
+        ({"log_format": "xml"}, "log_format", "'text' or 'json'"),
+        ({"metrics_listen": "localhost"}, "metrics_listen", "host:port"),
+        ({"retry_initial_seconds": 100, "retry_max_seconds": 10}, "(file)", "retry_max_seconds"),
+    ],
+)
+def test_invalid_values_name_file_key_and_problem(
+    tmp_path: Path, changes: dict[str, Any], key: str, fragment: str
+) -> None:
+    path = write(tmp_path, with_(**changes))
+    with pytest.raises(ConfigError) as caught:
+        load_mail_config(path, environ={})
+    message = str(caught.value)
+    assert str(path) in message
+    assert f"key '{key}'" in message
+    assert fragment in message
+
+
+def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "mail-sender"
+    path.write_text('token = "unterminated\n')
+    with pytest.raises(ConfigError, match=f"{path}: is not valid TOML"):
+        load_mail_config(path, environ={})
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_mail_config(tmp_path / "nope", environ={})
+
+
+def test_unknown_keys_and_half_credentials_warn(tmp_path: Path) -> None:
+    loaded = load_mail_config(write(tmp_path, with_(shedule="x", mail_username="u")), environ={})
+    assert any("unknown key 'shedule'" in w for w in loaded.warnings)
+    assert any("without 'mail_password'" in w for w in loaded.warnings)
+    assert loaded.config.credentials() is None
+
+
+def test_secrets_never_appear_in_repr_or_errors(tmp_path: Path) -> None:
+    data = with_(mail_username="u", mail_password="hunter2-secret", token="tok-secret-1")
+    config = load_mail_config(write(tmp_path, data), environ={}).config
+    assert "hunter2-secret" not in repr(config)
+    assert "tok-secret-1" not in repr(config)
+    bad = write(tmp_path, {**data, "mail_relay": "ftp://x"}, "bad")
+    with pytest.raises(ConfigError) as caught:
+        load_mail_config(bad, environ={})
+    assert "hunter2-secret" not in str(caught.value)
+    assert "tok-secret-1" not in str(caught.value)
+
+
+def test_secrets_from_files(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("from-file-token\n")
+    (tmp_path / "pw").write_text("from-file-password\n")
+    data = with_(token=None, token_file=str(tmp_path / "token"), mail_username="u",
+                 mail_password_file=str(tmp_path / "pw"))
+    config = load_mail_config(write(tmp_path, data), environ={}).config
+    assert config.token.get_secret_value() == "from-file-token"
+    assert config.credentials() == ("u", "from-file-password")
+
+
+def test_secrets_from_systemd_credentials(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "token").write_text("cred-token")
+    (creds / "mail_password").write_text("cred-password")
+    data = with_(token=None, mail_username="u")
+    config = load_mail_config(
+        write(tmp_path, data), environ={"CREDENTIALS_DIRECTORY": str(creds)}
+    ).config
+    assert config.token.get_secret_value() == "cred-token"
+    assert config.credentials() == ("u", "cred-password")
+
+
+def test_two_sources_for_one_secret_is_an_error(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "token").write_text("cred-token")
+    with pytest.raises(ConfigError, match="keep exactly one"):
+        load_mail_config(write(tmp_path, GOOD), environ={"CREDENTIALS_DIRECTORY": str(creds)})
+    (tmp_path / "t").write_text("x")
+    with pytest.raises(ConfigError, match="key 'token' and key 'token_file'"):
+        load_mail_config(write(tmp_path, with_(token_file=str(tmp_path / "t"))), environ={})
+
+
+def test_unreadable_secret_file(tmp_path: Path) -> None:
+    data = with_(token=None, token_file=str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_mail_config(write(tmp_path, data), environ={})
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "implicit", "helo", "creds"),
+    [
+        ("smtp://example.com", "example.com", 587, False, None, None),
+        ("smtp://example.com:12345", "example.com", 12345, False, None, None),
+        ("smtps://example.com", "example.com", 465, True, None, None),
+        ("smtps://example.com:12345", "example.com", 12345, True, None, None),
+        ("smtp://examplehost", "examplehost", 587, False, None, None),
+        ("smtp://relay/helo.example.org", "relay", 587, False, "helo.example.org", None),
+        ("smtp://user%40x:p%2Fw@relay", "relay", 587, False, None, ("user@x", "p/w")),
+        ("smtp://user@relay", "relay", 587, False, None, None),
+        ("smtp://relay?tls=none", "relay", 587, False, None, None),
+    ],
+)
+def test_relay_urls(url: str, host: str, port: int, implicit: bool, helo: str | None,
+                    creds: tuple[str, str] | None) -> None:
+    relay = parse_relay_url(url)
+    assert (relay.host, relay.port, relay.implicit_tls, relay.helo_name) == (
+        host, port, implicit, helo)
+    got = (relay.url_username, relay.url_password) if relay.url_username else None
+    assert got == creds
+    assert "p/w" not in relay.describe()
+
+
+def test_client_config(tmp_path: Path) -> None:
+    path = write(tmp_path, {"uri": "https://idm.example.com/ignored/path", "verify_ca": False,
+                            "connect_timeout": 3, "staging": {"uri": "https://other"}}, "config")
+    loaded = load_client_config(path)
+    assert loaded.config.base_url == "https://idm.example.com"
+    assert loaded.config.connect_timeout == 3
+    assert any("NOT verified" in w for w in loaded.warnings)
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({}, "key 'uri': missing"),
+        ({"uri": "idm.example.com"}, "absolute https URL"),
+        ({"uri": "http://idm.example.com"}, "absolute https URL"),
+        ({"uri": "https://idm", "verify_ca": "yes"}, "key 'verify_ca'"),
+    ],
+)
+def test_bad_client_configs(tmp_path: Path, data: dict[str, Any], fragment: str) -> None:
+    path = write(tmp_path, data, "config")
+    with pytest.raises(ConfigError, match=fragment) as caught:
+        load_client_config(path)
+    assert str(path) in str(caught.value)
+
+
+def test_state_dir_resolution(tmp_path: Path) -> None:
+    config = load_mail_config(write(tmp_path, GOOD), environ={}).config
+    assert resolve_state_dir(config, {}) == Path("/var/lib/kanidm-mail-sender")
+    assert resolve_state_dir(config, {"STATE_DIRECTORY": "/run/a:/run/b"}) == Path("/run/a")
+    own = load_mail_config(write(tmp_path, with_(state_dir="/srv/x")), environ={}).config
+    assert resolve_state_dir(own, {"STATE_DIRECTORY": "/run/a"}) == Path("/srv/x")

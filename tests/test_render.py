@@ -1,0 +1,146 @@
+"""Templates: upstream's subjects and content order, links, overrides, HTML, broken files."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import datetime, timezone
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+from kanidm_mail_sender.errors import TemplateError
+from kanidm_mail_sender.mail import MailIdentity, build_message, stable_message_id
+from kanidm_mail_sender.messages import CredentialResetV1, TestMessageV1
+from kanidm_mail_sender.render import Renderer, action_url
+
+MID = UUID("6f1c2d4e-8a3b-4c5d-9e7f-0123456789ab")
+RESET = CredentialResetV1("Alice Example", "k4p9x-2hzat-vqe7c-83wbj",
+                          datetime(2026, 2, 18, 4, 0, 5, tzinfo=timezone.utc))
+
+
+def renderer(template_dir: Path | None = None, name: str = "Kanidm Localhost") -> Renderer:
+    return Renderer(instance_display_name=name, instance_url="https://idm.example.com",
+                    template_dir=template_dir)
+
+
+def test_credential_reset_content_in_upstream_order() -> None:
+    mail = renderer().render(RESET, message_id=MID, destination="alice@example.com")
+    assert mail.subject == "Kanidm Localhost: Credential Reset Link"
+    lines = mail.text.splitlines()
+    reset = "https://idm.example.com/ui/reset?token=k4p9x-2hzat-vqe7c-83wbj"
+    revoke = "https://idm.example.com/ui/revoke?token=k4p9x-2hzat-vqe7c-83wbj"
+    assert lines[0] == "Hello Alice Example,"
+    order = [lines.index(reset), next(i for i, x in enumerate(lines) if
+                                      "Wed, 18 Feb 2026 04:00:05 +0000" in x),
+             next(i for i, x in enumerate(lines) if "did not ask" in x), lines.index(revoke)]
+    assert order == sorted(order)
+    assert lines[-2:] == ["", f"msg_id: {MID}"]
+    assert not mail.text.endswith(" \n")
+
+
+def test_test_message_content() -> None:
+    mail = renderer().render(TestMessageV1("Ellie"), message_id=MID, destination="e@x.org")
+    assert mail.subject == "Kanidm Localhost: Test Message"
+    assert mail.text.startswith("Hello Ellie,\n")
+    assert mail.text.endswith(f"\n\nmsg_id: {MID}\n")
+    assert mail.html is None
+
+
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [
+        ("https://idm.example.com", "https://idm.example.com/ui/reset?token=a+b"),
+        ("https://idm.example.com/kanidm/", "https://idm.example.com/ui/reset?token=a+b"),
+        ("https://idm.example.com:8443/?x=1#frag",
+         "https://idm.example.com:8443/ui/reset?x=1&token=a+b#frag"),
+    ],
+)
+def test_links_replace_the_path_and_append_the_token(base: str, expected: str) -> None:
+    assert action_url(base, "/ui/reset", "a b") == expected
+
+
+def test_override_replaces_one_file_and_the_rest_fall_back(tmp_path: Path) -> None:
+    (tmp_path / "credential_reset_v1.subject.j2").write_text("Reset for {{ display_name }}\n")
+    r = renderer(tmp_path)
+    assert r.render(RESET, message_id=MID, destination="a@x.org").subject == "Reset for Alice Example"
+    assert "/ui/reset?token=" in r.render(RESET, message_id=MID, destination="a@x.org").text
+    test = r.render(TestMessageV1("E"), message_id=MID, destination="a@x.org")
+    assert test.subject == "Kanidm Localhost: Test Message"
+
+
+def test_html_override_makes_multipart_alternative_with_escaping(tmp_path: Path) -> None:
+    (tmp_path / "test_message_v1.html.j2").write_text(
+        "<p>Hello {{ display_name }} from {{ instance_display_name }}</p>\n")
+    r = renderer(tmp_path, name="<script>alert(1)</script>")
+    rendered = r.render(TestMessageV1("<b>Eve</b>"), message_id=MID, destination="e@x.org")
+    envelope = build_message(rendered, identity=MailIdentity("<script>", "i@x.org", "r@x.org"),
+                             destination="e@x.org", message_id=MID,
+                             date=datetime.now(timezone.utc))
+    msg = email.message_from_bytes(envelope.data, policy=email.policy.default)
+    assert msg.get_content_type() == "multipart/alternative"
+    text, html = msg.iter_parts()  # type: ignore[attr-defined]
+    assert text.get_content_type() == "text/plain"
+    assert "Hello <b>Eve</b>" in text.get_content()
+    assert html.get_content_type() == "text/html"
+    assert "&lt;b&gt;Eve&lt;/b&gt;" in html.get_content()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html.get_content()
+    assert "<script>" not in html.get_content()
+    assert html["MIME-Version"] is None
+    assert msg["MIME-Version"] == "1.0"
+
+
+def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "credential_reset_v1.txt.j2").write_text("line one\n{{ reset_url \n")
+    with pytest.raises(TemplateError, match=r"credential_reset_v1.txt.j2, line 2"):
+        renderer(tmp_path)
+
+
+def test_undefined_variable_is_an_error_with_line(tmp_path: Path) -> None:
+    (tmp_path / "test_message_v1.txt.j2").write_text("ok\nstill ok\n{{ no_such_thing }}\n")
+    r = renderer(tmp_path)
+    with pytest.raises(TemplateError, match=r"test_message_v1.txt.j2, line 3: 'no_such_thing'"):
+        r.check_all(datetime.now(timezone.utc))
+
+
+def test_headers_of_a_reset_mail() -> None:
+    rendered = renderer().render(RESET, message_id=MID, destination="alice.backup@example.org")
+    date = datetime(2026, 2, 18, 3, 0, 6, tzinfo=timezone.utc)
+    envelope = build_message(
+        rendered, identity=MailIdentity("Kanidm Localhost", "kanidm@example.com",
+                                        "tobias@example.com"),
+        destination="alice.backup@example.org", message_id=MID, date=date)
+    msg = email.message_from_bytes(envelope.data, policy=email.policy.default)
+    assert list(msg.keys())[:6] == ["From", "Reply-To", "To", "Subject", "Date", "Message-ID"]
+    assert msg["From"] == "Kanidm Localhost <kanidm@example.com>"
+    assert msg["Reply-To"] == "Kanidm Localhost <tobias@example.com>"
+    assert msg["To"] == "alice.backup@example.org"
+    assert msg["Date"] == "Wed, 18 Feb 2026 03:00:06 +0000"
+    assert msg["Content-Type"] == 'text/plain; charset="utf-8"'
+    assert msg["Message-ID"] == stable_message_id(MID, "alice.backup@example.org",
+                                                  "kanidm@example.com")
+    assert envelope.data.isascii()
+    assert b"\r\n" in envelope.data
+
+
+def test_non_ascii_names_are_encoded_and_round_trip() -> None:
+    name = "Ünïcødé IDM, Inc."
+    r = renderer(name=name)
+    rendered = r.render(TestMessageV1("Zoë Ærø"), message_id=MID, destination="z@example.com")
+    envelope = build_message(rendered, identity=MailIdentity(name, "i@example.com",
+                                                             "r@example.com"),
+                             destination="z@example.com", message_id=MID,
+                             date=datetime.now(timezone.utc))
+    assert envelope.data.isascii()  # 7-bit clean on the wire
+    msg = email.message_from_bytes(envelope.data, policy=email.policy.default)
+    assert msg["From"].addresses[0].display_name == name
+    assert msg["Subject"] == f"{name}: Test Message"
+    assert "Hello Zoë Ærø," in msg.get_content()
+
+
+def test_message_id_is_stable_per_destination() -> None:
+    a = stable_message_id(MID, "a@example.com", "i@example.org")
+    assert a == stable_message_id(MID, "a@example.com", "i@example.org")
+    assert a != stable_message_id(MID, "b@example.com", "i@example.org")
+    assert a.endswith("@example.org>")
