@@ -69,8 +69,10 @@ class _Handler:
         with self._s.lock:
             if self._s.faults.drop_in_data.get(rcpt, 0) > 0:
                 self._s.faults.drop_in_data[rcpt] -= 1
-                assert server.transport is not None
-                server.transport.close()
+                # After STARTTLS aiosmtpd keeps the raw socket separately; close both.
+                for transport in (server.transport, server._original_transport):
+                    if transport is not None:
+                        transport.close()
                 return "421 4.4.2 dropped by test"
             replies = self._s.faults.data_replies.get(rcpt)
             if replies:

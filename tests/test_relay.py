@@ -1,0 +1,156 @@
+"""The SMTP side against real aiosmtpd relays with trustme certificates."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import ssl
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
+from uuid import uuid4
+
+import pytest
+
+from kanidm_mail_sender.config import parse_relay_url
+from kanidm_mail_sender.errors import DeliveryDeferred, DeliveryRejected, RelayMisconfigured
+from kanidm_mail_sender.mail import Envelope, MailIdentity, build_message
+from kanidm_mail_sender.messages import TestMessageV1
+from kanidm_mail_sender.relay import SmtpRelay, build_tls_context
+from kanidm_mail_sender.render import Renderer
+from kanidm_mail_sender.sandbox.certs import Certs
+from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
+
+from .conftest import SMTP_AUTH
+
+
+def envelope(to: str = "rcpt@example.com") -> Envelope:
+    renderer = Renderer(instance_display_name="Kanidm", instance_url="https://idm.example.com")
+    message_id = uuid4()
+    rendered = renderer.render(TestMessageV1("Rita"), message_id=message_id, destination=to)
+    return build_message(rendered, identity=MailIdentity("Kanidm", "idm@example.com",
+                                                         "help@example.com"),
+                         destination=to, message_id=message_id, date=datetime.now(timezone.utc))
+
+
+_OPEN: list[SmtpRelay] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients() -> AsyncIterator[None]:
+    yield
+    while _OPEN:
+        await _OPEN.pop().close()
+
+
+def client(stand_in: SmtpStandIn, certs: Certs, *, auth: tuple[str, str] | None = SMTP_AUTH,
+           context: ssl.SSLContext | None = None, command_timeout: float = 5,
+           max_connections: int = 4) -> SmtpRelay:
+    smtp = SmtpRelay(parse_relay_url(stand_in.url),
+                     tls_context=context or build_tls_context(certs.ca_path),
+                     credentials=auth, helo_name="sender.test", connect_timeout=5,
+                     command_timeout=command_timeout, max_connections=max_connections)
+    _OPEN.append(smtp)
+    return smtp
+
+
+@pytest.mark.parametrize("mode", ["starttls", "smtps"])
+async def test_mail_arrives_with_headers_and_body(
+    mode: str, relay_factory: Callable[..., SmtpStandIn], certs: Certs
+) -> None:
+    stand_in = relay_factory(mode=mode)
+    smtp = client(stand_in, certs)
+    sent = envelope()
+    reply = await smtp.send(sent)
+    await smtp.close()
+    assert "queued" in reply
+    (mail,) = stand_in.mails
+    assert mail.mail_from == "idm@example.com"
+    assert mail.rcpt_tos == ["rcpt@example.com"]
+    assert mail.authenticated_as == SMTP_AUTH[0]
+    msg = mail.message
+    assert msg["Subject"] == "Kanidm: Test Message"
+    assert msg["Message-ID"] == sent.message_id
+    assert "Hello Rita," in msg.get_content()
+
+
+async def test_connections_are_reused(relay: SmtpStandIn, certs: Certs) -> None:
+    smtp = client(relay, certs, max_connections=1)
+    for _ in range(5):
+        await smtp.send(envelope())
+    await smtp.close()
+    assert len(relay.mails) == 5
+    assert smtp.connections_opened == 1
+
+
+async def test_server_without_starttls_is_refused(
+    relay_factory: Callable[..., SmtpStandIn], certs: Certs
+) -> None:
+    plain = relay_factory(mode="plain", auth=None)
+    smtp = client(plain, certs, auth=None)
+    with pytest.raises(RelayMisconfigured, match="STARTTLS"):
+        await smtp.send(envelope())
+    assert plain.mails == []
+
+
+async def test_wrong_password_is_relay_wide(relay: SmtpStandIn, certs: Certs) -> None:
+    smtp = client(relay, certs, auth=(SMTP_AUTH[0], "wrong"))
+    with pytest.raises(RelayMisconfigured, match="535") as caught:
+        await smtp.send(envelope())
+    assert "wrong" not in str(caught.value)
+    assert relay.mails == []
+    assert relay.auth_failures == 1  # one mechanism, no fallback guessing
+
+
+@pytest.mark.parametrize("mode", ["starttls", "smtps"])
+async def test_unknown_ca_is_rejected(mode: str, relay_factory: Callable[..., SmtpStandIn],
+                                      certs: Certs) -> None:
+    stand_in = relay_factory(mode=mode)
+    smtp = client(stand_in, certs, context=build_tls_context(None))
+    with pytest.raises(RelayMisconfigured, match="TLS"):
+        await smtp.send(envelope())
+    assert stand_in.mails == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [("550 5.1.1 no such user", DeliveryRejected), ("451 4.3.0 try later", DeliveryDeferred),
+     ("421 4.7.0 closing", DeliveryDeferred)],
+)
+async def test_recipient_replies_are_classified(relay: SmtpStandIn, certs: Certs, reply: str,
+                                                error: type[Exception]) -> None:
+    relay.faults.rcpt_replies["bad@example.com"] = [reply]
+    smtp = client(relay, certs)
+    with pytest.raises(error, match=reply.split()[0]):
+        await smtp.send(envelope("bad@example.com"))
+    await smtp.send(envelope("good@example.com"))  # the pool recovers
+    assert [m.rcpt_tos for m in relay.mails] == [["good@example.com"]]
+
+
+async def test_data_rejection_and_drop(relay: SmtpStandIn, certs: Certs) -> None:
+    relay.faults.data_replies["a@example.com"] = ["554 5.6.0 content rejected"]
+    relay.faults.drop_in_data["b@example.com"] = 1
+    smtp = client(relay, certs)
+    with pytest.raises(DeliveryRejected, match="554"):
+        await smtp.send(envelope("a@example.com"))
+    with pytest.raises(DeliveryDeferred):
+        await smtp.send(envelope("b@example.com"))
+    await smtp.send(envelope("b@example.com"))
+    assert [m.rcpt_tos for m in relay.mails] == [["b@example.com"]]
+
+
+async def test_a_stalled_relay_times_out(relay: SmtpStandIn, certs: Certs) -> None:
+    relay.faults.stall_in_data = 3
+    smtp = client(relay, certs, command_timeout=0.5)
+    with pytest.raises(DeliveryDeferred, match="in time"):
+        await smtp.send(envelope())
+
+
+async def test_check_authenticates_without_sending(relay: SmtpStandIn, certs: Certs) -> None:
+    await client(relay, certs).check()
+    assert relay.mails == []
+    with pytest.raises(RelayMisconfigured):
+        await client(relay, certs, auth=("mailer", "nope")).check()
+
+
+def test_received_bytes_parse(relay: SmtpStandIn) -> None:
+    assert email.message_from_bytes(b"Subject: x\r\n\r\n", policy=email.policy.default)
