@@ -129,7 +129,8 @@ async def serve(
         finally:
             tasks.discard(task)
             writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError, OSError):
+            with contextlib.suppress(ConnectionError, ssl.SSLError, OSError,
+                                     asyncio.CancelledError):
                 await writer.wait_closed()
 
     server = await asyncio.start_server(connection, host, port, ssl=ssl_context)

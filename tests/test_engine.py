@@ -1,0 +1,250 @@
+"""The engine end to end against the Kanidm stand-in (HTTPS) and a real SMTP relay."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+from structlog.testing import capture_logs
+
+from kanidm_mail_sender.engine import EngineSettings
+from kanidm_mail_sender.errors import KanidmAuthError
+from kanidm_mail_sender.journal import ACCEPTED, DEFERRED, EXPIRED, REJECTED
+from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
+from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
+
+from .conftest import Harness
+
+Factory = Callable[..., Harness]
+
+
+def delivered(relay: SmtpStandIn) -> Counter[str]:
+    return Counter(rcpt for mail in relay.mails for rcpt in mail.rcpt_tos)
+
+
+async def test_n_messages_become_n_mails_all_marked_then_nothing(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
+) -> None:
+    ids = [kanidm.queue_test_message(f"user{i}@example.com", f"User {i}") for i in range(20)]
+    ids.append(kanidm.queue_credential_reset("alice@example.com"))
+    harness = harness_factory()
+    with capture_logs() as logs:
+        await harness.cycle()
+    assert len(relay.mails) == 21
+    assert set(kanidm.sent()) == set(ids)
+    assert all(kanidm.mark_calls[i] == 1 for i in ids)
+    accepted = [e for e in logs if e["event"] == "mail.accepted"]
+    assert {e["destination"] for e in accepted} >= {"alice@example.com", "user0@example.com"}
+    assert all("message_id" in e for e in accepted)
+    reset = next(m.message for m in relay.mails if m.rcpt_tos == ["alice@example.com"])
+    assert reset["Subject"] == "Kanidm Sandbox: Credential Reset Link"
+    assert "https://idm.example.com/ui/reset?token=" in reset.get_content()
+    await harness.cycle()
+    assert len(relay.mails) == 21
+
+
+async def test_partial_transient_failure_retries_only_that_destination(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
+) -> None:
+    now = [time.time()]
+    destinations = ["a@example.com", "b@example.com", "c@example.com"]
+    message = kanidm.queue_test_message(destinations)
+    relay.faults.rcpt_replies["b@example.com"] = ["451 4.3.0 greylisted"]
+    harness = harness_factory(clock=lambda: now[0])
+    await harness.cycle()
+    assert delivered(relay) == Counter({"a@example.com": 1, "c@example.com": 1})
+    assert kanidm.unsent() == [message]
+    assert harness.journal.states(message)["b@example.com"].state == DEFERRED
+    await harness.cycle()  # not due yet: nothing happens at every poll
+    assert len(relay.mails) == 2
+    now[0] += 3600
+    await harness.cycle()
+    assert delivered(relay) == Counter({d: 1 for d in destinations})
+    assert kanidm.sent() == [message]
+
+
+async def test_permanent_failures_are_journalled_and_never_retried(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
+) -> None:
+    now = [time.time()]
+    bad = kanidm.queue_test_message(["gone@example.com", "ok@example.com"])
+    invalid = kanidm.queue_test_message("not an address")
+    good = kanidm.queue_test_message("fine@example.com")
+    relay.faults.rcpt_replies["gone@example.com"] = ["550 5.1.1 no such user"] * 5
+    harness = harness_factory(clock=lambda: now[0])
+    with capture_logs() as logs:
+        await harness.cycle()
+        now[0] += 86400
+        await harness.cycle()
+    assert delivered(relay) == Counter({"ok@example.com": 1, "fine@example.com": 1})
+    assert kanidm.sent() == [good]
+    assert set(kanidm.unsent()) == {bad, invalid}
+    assert harness.journal.states(bad)["gone@example.com"].state == REJECTED
+    assert harness.journal.states(invalid)["not an address"].state == REJECTED
+    rejected = [e for e in logs if e["event"] == "mail.rejected"]
+    assert len(rejected) == 2  # each logged once, not once per poll
+    assert relay.faults.rcpt_replies["gone@example.com"] == ["550 5.1.1 no such user"] * 4
+
+
+async def test_expired_reset_is_never_mailed(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
+) -> None:
+    expired = kanidm.queue_credential_reset("late@example.com", expires_in=-60)
+    fresh = kanidm.queue_credential_reset("early@example.com")
+    harness = harness_factory()
+    with capture_logs() as logs:
+        await harness.cycle()
+        await harness.cycle()
+    assert delivered(relay) == Counter({"early@example.com": 1})
+    assert kanidm.sent() == [fresh]
+    assert kanidm.unsent() == [expired]
+    assert harness.journal.states(expired)["late@example.com"].state == EXPIRED
+    assert [e["message_id"] for e in logs if e["event"] == "message.expired"] == [str(expired)]
+
+
+async def test_unknown_template_and_odd_entries_do_not_stop_the_rest(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
+) -> None:
+    kanidm.queue_raw({"PasswordExpiryV1": {"display_name": "x"}}, ["x@example.com"])
+    kanidm.queue_raw({"TestMessageV1": {"display_name": 42}}, ["y@example.com"])
+    empty = kanidm.queue_test_message([])
+    dup = kanidm.queue_test_message(["twice@example.com", "twice@example.com"])
+    long_name = kanidm.queue_test_message("long@example.com", "N" * 5000)
+    crlf = kanidm.queue_test_message("crlf@example.com", "Eve\r\nBcc: victim@example.com")
+    harness = harness_factory()
+    with capture_logs() as logs:
+        await harness.cycle()
+        await harness.cycle()
+    assert delivered(relay) == Counter({"twice@example.com": 1, "long@example.com": 1,
+                                        "crlf@example.com": 1})
+    assert set(kanidm.sent()) == {dup, long_name, crlf}
+    assert empty in kanidm.unsent()
+    skipped = [e for e in logs if e["event"] == "message.skipped"]
+    assert len(skipped) == 2  # logged once each, although polled twice
+    assert any("PasswordExpiryV1" in e["reason"] for e in skipped)
+    crlf_mail = next(m for m in relay.mails if m.rcpt_tos == ["crlf@example.com"])
+    assert crlf_mail.message["Bcc"] is None
+
+
+async def test_relay_wide_failure_pauses_without_spending_attempts(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
+) -> None:
+    now = [time.time()]
+    ids = [kanidm.queue_test_message(f"u{i}@example.com") for i in range(5)]
+    harness = harness_factory(mail_password="not-the-password", clock=lambda: now[0])
+    with capture_logs() as logs:
+        await harness.cycle()
+        await harness.cycle()
+    assert relay.mails == []
+    paused = [e for e in logs if e["event"] == "relay.paused"]
+    assert len(paused) == 1
+    assert "mail_password" in paused[0]["error"]
+    assert all(harness.journal.states(i) == {} for i in ids)  # no attempt spent
+    assert harness.engine.metrics.relay_paused
+
+
+async def test_dropped_connection_is_retried_once(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
+) -> None:
+    now = [time.time()]
+    message = kanidm.queue_test_message("drop@example.com")
+    relay.faults.drop_in_data["drop@example.com"] = 1
+    harness = harness_factory(clock=lambda: now[0])
+    await harness.cycle()
+    assert relay.mails == []
+    now[0] += 120
+    await harness.cycle()
+    assert delivered(relay) == Counter({"drop@example.com": 1})
+    assert kanidm.sent() == [message]
+
+
+async def test_stalled_relay_does_not_freeze_other_sends(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
+) -> None:
+    relay.faults.stall_in_data = 2.0
+    kanidm.queue_test_message("slow@example.com")
+    harness = harness_factory(mail_timeout_seconds=0.5)
+    started = time.monotonic()
+    await harness.cycle()
+    assert time.monotonic() - started < 10
+    assert relay.mails == []
+    assert harness.engine.metrics.transient_failures._value.get() == 1
+
+
+async def test_kanidm_list_errors_back_off_and_recover(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
+) -> None:
+    kanidm.queue_test_message("a@example.com")
+    kanidm.faults.list_statuses = [500, 500]
+    harness = harness_factory()
+    with capture_logs() as logs:
+        for _ in range(3):
+            await harness.cycle()
+            time.sleep(0.02)  # past the (test-sized) backoff
+    assert kanidm.list_calls == 3
+    assert len([e for e in logs if e["event"] == "kanidm.list_failed"]) == 1
+    assert any(e["event"] == "kanidm.list_recovered" for e in logs)
+    assert len(relay.mails) == 1
+
+
+async def test_mark_sent_5xx_is_retried_without_resending(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
+) -> None:
+    message = kanidm.queue_test_message("a@example.com")
+    kanidm.faults.mark_statuses = [500, 503]
+    harness = harness_factory()
+    await harness.cycle()
+    assert len(relay.mails) == 1
+    assert kanidm.mark_calls[message] == 3
+    assert kanidm.sent() == [message]
+
+
+async def test_mark_sent_404_forgets_and_goes_on(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
+) -> None:
+    first = kanidm.queue_test_message("a@example.com")
+    kanidm.queue_test_message("b@example.com")
+    kanidm.faults.mark_statuses = [404]
+    harness = harness_factory()
+    with capture_logs() as logs:
+        await harness.cycle()
+    assert len(relay.mails) == 2
+    assert harness.engine.fatal is None
+    assert [e for e in logs if e["event"] == "message.gone"]
+    assert first in kanidm.sent() or first in kanidm.unsent()
+
+
+@pytest.mark.parametrize(("status", "fragment"), [(401, "expired"), (403, "read-write")])
+async def test_mark_sent_auth_errors_are_fatal(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn, status: int,
+    fragment: str,
+) -> None:
+    kanidm.queue_test_message("a@example.com")
+    kanidm.faults.mark_statuses = [status]
+    harness = harness_factory()
+    await harness.cycle()
+    assert isinstance(harness.engine.fatal, KanidmAuthError)
+    assert fragment in str(harness.engine.fatal)
+
+
+async def test_list_401_is_fatal(harness_factory: Factory, kanidm: KanidmStandIn) -> None:
+    kanidm.faults.list_statuses = [401]
+    harness = harness_factory()
+    await harness.cycle()
+    assert isinstance(harness.engine.fatal, KanidmAuthError)
+
+
+async def test_ten_thousand_messages_in_one_poll(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay_factory: Callable[..., SmtpStandIn]
+) -> None:
+    relay = relay_factory(keep=False)
+    ids = [kanidm.queue_test_message(f"u{i}@example.com") for i in range(10_000)]
+    harness = harness_factory(relay=relay, settings=EngineSettings(send_workers=8,
+                                                                    mark_workers=16))
+    await harness.cycle()
+    assert relay.count == 10_000
+    assert len(kanidm.sent()) == 10_000
+    assert max(kanidm.mark_calls[i] for i in ids) == 1
+    assert harness.journal.counts() == {ACCEPTED: 10_000}
