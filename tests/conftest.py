@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,24 +59,24 @@ async def kanidm(certs: Certs) -> AsyncIterator[KanidmStandIn]:
 
 
 @pytest.fixture
-def relay_factory(certs: Certs) -> Iterator[Callable[..., SmtpStandIn]]:
+async def relay_factory(certs: Certs) -> AsyncIterator[Callable[..., Awaitable[SmtpStandIn]]]:
     started: list[SmtpStandIn] = []
 
-    def create(mode: str = "starttls", auth: tuple[str, str] | None = SMTP_AUTH,
-               **kwargs: Any) -> SmtpStandIn:
+    async def create(mode: str = "starttls", auth: tuple[str, str] | None = SMTP_AUTH,
+                     **kwargs: Any) -> SmtpStandIn:
         stand_in = SmtpStandIn(certs, mode=mode, auth=auth, **kwargs)  # type: ignore[arg-type]
-        stand_in.start()
+        await stand_in.start()
         started.append(stand_in)
         return stand_in
 
     yield create
     for stand_in in started:
-        stand_in.stop()
+        await stand_in.stop()
 
 
 @pytest.fixture
-def relay(relay_factory: Callable[..., SmtpStandIn]) -> SmtpStandIn:
-    return relay_factory()
+async def relay(relay_factory: Callable[..., Awaitable[SmtpStandIn]]) -> SmtpStandIn:
+    return await relay_factory()
 
 
 @pytest.fixture
@@ -84,7 +84,8 @@ def config_files(tmp_path: Path, kanidm: KanidmStandIn, relay: SmtpStandIn,
                  certs: Certs) -> Callable[..., tuple[Path, Path]]:
     def create(**overrides: Any) -> tuple[Path, Path]:
         target = overrides.pop("relay", relay)
-        return write_configs(tmp_path / "config", kanidm_url=kanidm.url, token=TOKEN,
+        token = overrides.pop("token", TOKEN)
+        return write_configs(tmp_path / "config", kanidm_url=kanidm.url, token=token,
                              relay=target, certs=certs, **overrides)
 
     return create

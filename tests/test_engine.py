@@ -239,7 +239,7 @@ async def test_list_401_is_fatal(harness_factory: Factory, kanidm: KanidmStandIn
 async def test_ten_thousand_messages_in_one_poll(
     harness_factory: Factory, kanidm: KanidmStandIn, relay_factory: Callable[..., SmtpStandIn]
 ) -> None:
-    relay = relay_factory(keep=False)
+    relay = await relay_factory(keep=False)
     ids = [kanidm.queue_test_message(f"u{i}@example.com") for i in range(10_000)]
     harness = harness_factory(relay=relay, settings=EngineSettings(send_workers=8,
                                                                     mark_workers=16))

@@ -57,7 +57,7 @@ def client(stand_in: SmtpStandIn, certs: Certs, *, auth: tuple[str, str] | None 
 async def test_mail_arrives_with_headers_and_body(
     mode: str, relay_factory: Callable[..., SmtpStandIn], certs: Certs
 ) -> None:
-    stand_in = relay_factory(mode=mode)
+    stand_in = await relay_factory(mode=mode)
     smtp = client(stand_in, certs)
     sent = envelope()
     reply = await smtp.send(sent)
@@ -85,7 +85,7 @@ async def test_connections_are_reused(relay: SmtpStandIn, certs: Certs) -> None:
 async def test_server_without_starttls_is_refused(
     relay_factory: Callable[..., SmtpStandIn], certs: Certs
 ) -> None:
-    plain = relay_factory(mode="plain", auth=None)
+    plain = await relay_factory(mode="plain", auth=None)
     smtp = client(plain, certs, auth=None)
     with pytest.raises(RelayMisconfigured, match="STARTTLS"):
         await smtp.send(envelope())
@@ -104,7 +104,7 @@ async def test_wrong_password_is_relay_wide(relay: SmtpStandIn, certs: Certs) ->
 @pytest.mark.parametrize("mode", ["starttls", "smtps"])
 async def test_unknown_ca_is_rejected(mode: str, relay_factory: Callable[..., SmtpStandIn],
                                       certs: Certs) -> None:
-    stand_in = relay_factory(mode=mode)
+    stand_in = await relay_factory(mode=mode)
     smtp = client(stand_in, certs, context=build_tls_context(None))
     with pytest.raises(RelayMisconfigured, match="TLS"):
         await smtp.send(envelope())
@@ -152,5 +152,5 @@ async def test_check_authenticates_without_sending(relay: SmtpStandIn, certs: Ce
         await client(relay, certs, auth=("mailer", "nope")).check()
 
 
-def test_received_bytes_parse(relay: SmtpStandIn) -> None:
+async def test_received_bytes_parse(relay: SmtpStandIn) -> None:
     assert email.message_from_bytes(b"Subject: x\r\n\r\n", policy=email.policy.default)

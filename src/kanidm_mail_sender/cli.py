@@ -5,7 +5,7 @@ Exit codes:
   1  fatal runtime error (Kanidm refused the token, journal write failed, internal error)
   2  usage error (unknown flag, bad KANIDM_DEBUG value)
   3  configuration error (file missing or invalid, bad template, schedule never fires)
-  4  refused to start: running as root without --skip-root-check
+  4  refused to start: running as root
   5  the test mail (-t) was not accepted, or --check found a problem
   6  another instance holds the state directory lock, or it is not writable
 """

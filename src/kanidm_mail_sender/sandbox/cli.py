@@ -39,7 +39,7 @@ async def _run(work: Path, *, keep_running: bool, timeout: float) -> int:
     await kanidm.start(certs.server_context())
     relay = SmtpStandIn(certs, mode="starttls", auth=("mailer", "sandbox-password"))
     relay.on_mail = _show
-    relay.start()
+    await relay.start()
     client_path, mail_path = write_configs(work / "config", kanidm_url=kanidm.url, token=TOKEN,
                                            relay=relay, certs=certs)
     kanidm.queue_test_message("ellie@example.com", "Ellie Example")
@@ -71,7 +71,7 @@ async def _run(work: Path, *, keep_running: bool, timeout: float) -> int:
             daemon.send_signal(signal.SIGTERM)
             code = await daemon.wait()
             print(f"daemon stopped (exit code {code})", flush=True)
-        relay.stop()
+        await relay.stop()
         await kanidm.stop()
 
 

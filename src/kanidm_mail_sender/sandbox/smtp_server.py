@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any, Literal
 
-from aiosmtpd.controller import Controller
+from aiosmtpd.controller import UnthreadedController
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from kanidm_mail_sender.sandbox.certs import Certs
@@ -96,7 +96,8 @@ class _Handler:
 
 
 class SmtpStandIn:
-    """Starts an aiosmtpd relay in its own thread; ``mails`` collects what it accepted."""
+    """An aiosmtpd relay on the running event loop (a thread would fight the code under test
+    for the GIL and add milliseconds to every reply); ``mails`` collects what it accepted."""
 
     def __init__(
         self,
@@ -119,7 +120,7 @@ class SmtpStandIn:
         self.lock = threading.Lock()
         self.on_mail: Any = None
         self.auth_failures = 0
-        self._controller: Controller | None = None
+        self._controller: UnthreadedController | None = None
         self._port = port
 
     @property
@@ -144,8 +145,8 @@ class SmtpStandIn:
             self.auth_failures += 1
         return AuthResult(success=ok, handled=False, auth_data=auth_data)
 
-    def start(self) -> None:
-        """Start listening (picks a free port when ``port`` was 0)."""
+    async def start(self) -> None:
+        """Start listening on the running loop (picks a free port when ``port`` was 0)."""
         options: dict[str, Any] = {"server_hostname": "relay.test", "hostname": self.host}
         if self.mode == "smtps":
             options["ssl_context"] = self.certs.server_context()
@@ -157,13 +158,16 @@ class SmtpStandIn:
             options["auth_required"] = True
             options["authenticator"] = self._authenticator
         port = self._port or _free_port(self.host)
-        self._controller = Controller(_Handler(self), port=port, ready_timeout=10, **options)
-        self._controller.start()
+        controller = UnthreadedController(_Handler(self), port=port,
+                                          loop=asyncio.get_running_loop(), **options)
+        controller.server_coro = controller._create_server()
+        controller.server = await controller.server_coro
+        self._controller = controller
 
-    def stop(self) -> None:
-        """Stop the listener thread."""
+    async def stop(self) -> None:
+        """Stop listening."""
         if self._controller is not None:
-            self._controller.stop()
+            await self._controller.finalize()
             self._controller = None
 
 

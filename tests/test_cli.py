@@ -1,0 +1,251 @@
+"""The real command line in a subprocess: exit codes, test mode, signals, crash recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kanidm_mail_sender import __version__
+from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
+from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
+
+from .conftest import SMTP_AUTH, TOKEN
+
+ConfigFiles = Callable[..., tuple[Path, Path]]
+Command = Callable[..., list[str]]
+IS_ROOT = os.geteuid() == 0 or os.getegid() == 0
+
+
+def env(**extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("KANIDM", "SSL_CERT", "CREDENTIALS", "STATE_DIR", "NOTIFY"))}
+    return {**base, **extra}
+
+
+async def run(args: list[str], *, environ: dict[str, str] | None = None,
+              timeout: float = 30) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=environ or env())
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> tuple[int, str]:
+    proc.send_signal(sig)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def start(args: list[str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE, env=env())
+
+
+async def test_version_and_help() -> None:
+    code, out, _ = await run([sys.executable, "-m", "kanidm_mail_sender", "--version"])
+    assert (code, out.strip()) == (0, f"kanidm-mail-sender {__version__}")
+    code, out, _ = await run([sys.executable, "-m", "kanidm_mail_sender", "--help"])
+    assert code == 0
+    for flag in ("--client-config", "--mail-sender-config", "--test-email", "--debug",
+                 "--render", "--check"):
+        assert flag in out
+    assert "--skip-root-check" not in out
+
+
+@pytest.mark.parametrize("value", ["maybe", "2"])
+async def test_bad_kanidm_debug_is_a_usage_error(value: str, tmp_path: Path) -> None:
+    code, _, err = await run([sys.executable, "-m", "kanidm_mail_sender", "-c", str(tmp_path)],
+                             environ=env(KANIDM_DEBUG=value))
+    assert code == 2
+    assert "KANIDM_DEBUG" in err
+
+
+async def test_missing_config_exits_3(tmp_path: Path, daemon_command: Command) -> None:
+    code, _, err = await run(daemon_command(tmp_path / "nope", tmp_path / "nope2"))
+    assert code == 3
+    assert f"{tmp_path / 'nope'}: config file missing" in err
+
+
+async def test_invalid_config_exits_3_without_leaking_secrets(
+    config_files: ConfigFiles, daemon_command: Command
+) -> None:
+    client, mail = config_files(mail_relay="ftp://relay.example.com")
+    code, _, err = await run(daemon_command(client, mail))
+    assert code == 3
+    assert "key 'mail_relay'" in err
+    assert str(mail) in err
+    assert TOKEN not in err
+    assert SMTP_AUTH[1] not in err
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs to run as root to see the refusal")
+async def test_refuses_root_without_skip(config_files: ConfigFiles) -> None:
+    client, mail = config_files()
+    code, _, err = await run([sys.executable, "-m", "kanidm_mail_sender", "-c", str(client),
+                              "-m", str(mail)])
+    assert code == 4
+    assert "refusing to run as root" in err
+
+
+async def test_test_mode_sends_one_mail_without_kanidm(
+    config_files: ConfigFiles, daemon_command: Command, kanidm: KanidmStandIn,
+    relay: SmtpStandIn,
+) -> None:
+    client, mail = config_files()
+    code, out, err = await run(daemon_command(client, mail, "-t", "tester@example.com", "-d"))
+    assert code == 0, err
+    assert "OK" in out
+    (received,) = relay.mails
+    msg = received.message
+    assert msg["To"] == "tester@example.com"
+    assert msg["Subject"] == "Kanidm Sandbox: Test Message"
+    assert "Hello KANIDM MAIL SENDER TEST," in msg.get_content()
+    assert kanidm.list_calls == 0
+    assert TOKEN not in err
+    assert SMTP_AUTH[1] not in err
+
+
+async def test_test_mode_failure_exits_nonzero(
+    config_files: ConfigFiles, daemon_command: Command, relay: SmtpStandIn
+) -> None:
+    client, mail = config_files(mail_password="wrong-password")
+    code, out, _ = await run(daemon_command(client, mail, "-t", "tester@example.com"))
+    assert code == 5
+    assert "FAILED" in out
+    assert relay.mails == []
+
+
+async def test_daemon_delivers_ignores_hup_and_stops_cleanly_on_term(
+    config_files: ConfigFiles, daemon_command: Command, kanidm: KanidmStandIn,
+    relay: SmtpStandIn,
+) -> None:
+    ids = [kanidm.queue_test_message(f"u{i}@example.com") for i in range(3)]
+    ids.append(kanidm.queue_credential_reset("alice@example.com"))
+    client, mail = config_files()
+    proc = await start(daemon_command(client, mail))
+    await wait_for(lambda: len(kanidm.sent()) == 4)
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
+        proc.send_signal(sig)
+    await asyncio.sleep(1.5)
+    assert proc.returncode is None
+    code, err = await stop(proc)
+    assert code == 0, err
+    assert len(relay.mails) == 4
+    assert all(kanidm.mark_calls[i] == 1 for i in ids)
+    assert "mail.accepted" in err
+
+
+async def test_mark_sent_401_stops_the_daemon_nonzero(
+    config_files: ConfigFiles, daemon_command: Command, kanidm: KanidmStandIn,
+    relay: SmtpStandIn,
+) -> None:
+    kanidm.queue_test_message("a@example.com")
+    kanidm.faults.mark_statuses = [401]
+    client, mail = config_files()
+    code, _, err = await run(daemon_command(client, mail))
+    assert code == 1
+    assert "token is not accepted" in err
+    assert len(relay.mails) == 1
+
+
+async def test_schedule_without_future_fire_time_exits(
+    config_files: ConfigFiles, daemon_command: Command
+) -> None:
+    client, mail = config_files(schedule="0 0 0 1 1 ? 2020")
+    code, _, err = await run(daemon_command(client, mail))
+    assert code == 3
+    assert "no fire time in the future" in err
+
+
+async def test_second_instance_on_one_state_dir_exits(
+    config_files: ConfigFiles, daemon_command: Command, kanidm: KanidmStandIn,
+) -> None:
+    client, mail = config_files()
+    first = await start(daemon_command(client, mail))
+    await wait_for(lambda: kanidm.list_calls > 0)
+    code, _, err = await run(daemon_command(client, mail))
+    assert code == 6
+    assert "another kanidm-mail-sender already uses" in err
+    code, _ = await stop(first)
+    assert code == 0
+
+
+async def test_kill_9_between_acceptance_and_mark_does_not_resend(
+    config_files: ConfigFiles, daemon_command: Command, kanidm: KanidmStandIn,
+    relay: SmtpStandIn, tmp_path: Path,
+) -> None:
+    message = kanidm.queue_credential_reset("alice@example.com")
+    kanidm.faults.mark_delay = 60  # the mark hangs: the crash lands after relay acceptance
+    client, mail = config_files()
+    proc = await start(daemon_command(client, mail))
+    await wait_for(lambda: len(relay.mails) == 1 and kanidm.mark_calls[message] == 1)
+    proc.kill()
+    await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    journal = sqlite3.connect(tmp_path / "config" / "state" / "journal.sqlite3")
+    assert journal.execute("SELECT state FROM delivery").fetchall() == [("accepted",)]
+    journal.close()
+    assert kanidm.unsent() == [message]
+    kanidm.faults.mark_delay = 0
+    proc = await start(daemon_command(client, mail))
+    await wait_for(lambda: kanidm.sent() == [message])
+    code, _ = await stop(proc)
+    assert code == 0
+    assert len(relay.mails) == 1
+
+
+async def test_render_prints_the_whole_mail(
+    config_files: ConfigFiles, daemon_command: Command, relay: SmtpStandIn
+) -> None:
+    client, mail = config_files()
+    code, out, _ = await run(daemon_command(client, mail, "--render", "credential_reset_v1"))
+    assert code == 0
+    assert "Subject: Kanidm Sandbox: Credential Reset Link" in out
+    assert "From: Kanidm Sandbox <idm@example.com>" in out
+    assert "https://idm.example.com/ui/reset?token=k4p9x-2hzat-vqe7c-83wbj" in out
+    assert relay.mails == []
+
+
+async def test_check_passes_on_a_good_setup(
+    config_files: ConfigFiles, daemon_command: Command, relay: SmtpStandIn,
+    kanidm: KanidmStandIn,
+) -> None:
+    kanidm.queue_test_message("a@example.com")
+    client, mail = config_files()
+    code, out, _ = await run(daemon_command(client, mail, "--check"))
+    assert code == 0, out
+    assert "ok   kanidm: the token works; 1 message(s) ready" in out
+    assert "ok   relay:" in out
+    assert relay.mails == []
+    assert kanidm.sent() == []
+
+
+async def test_check_reports_bad_token_and_bad_relay_password(
+    config_files: ConfigFiles, daemon_command: Command, relay: SmtpStandIn,
+) -> None:
+    client, mail = config_files(token="wrong-token", mail_password="wrong")
+    code, out, _ = await run(daemon_command(client, mail, "--check"))
+    assert code == 5
+    assert "FAIL kanidm:" in out
+    assert "401" in out
+    assert "FAIL relay:" in out
+    assert "wrong-token" not in out
