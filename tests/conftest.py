@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,7 @@ async def harness_factory(
                             send_workers=config.mail_max_connections, retry_initial=30,
                             mark_retry_initial=0.05, mark_retry_max=0.2,
                             list_retry_initial=0.01, list_retry_max=0.01),
-                        **({"clock": clock} if clock else {}))
+                        clock=clock or time.time)
         engine.start()
         harness = Harness(engine, journal, client, smtp)
         made.append(harness)

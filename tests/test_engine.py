@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from structlog.testing import capture_logs
@@ -16,6 +16,8 @@ from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 
 from .conftest import Harness
+
+RelayFactory = Callable[..., Awaitable[SmtpStandIn]]
 
 Factory = Callable[..., Harness]
 
@@ -237,7 +239,7 @@ async def test_list_401_is_fatal(harness_factory: Factory, kanidm: KanidmStandIn
 
 
 async def test_ten_thousand_messages_in_one_poll(
-    harness_factory: Factory, kanidm: KanidmStandIn, relay_factory: Callable[..., SmtpStandIn]
+    harness_factory: Factory, kanidm: KanidmStandIn, relay_factory: RelayFactory
 ) -> None:
     relay = await relay_factory(keep=False)
     ids = [kanidm.queue_test_message(f"u{i}@example.com") for i in range(10_000)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -19,7 +19,7 @@ from kanidm_mail_sender.messages import (
 )
 
 # Example 2.5A of the spec: exactly what Kanidm serialises.
-READY = {
+READY: dict[str, Any] = {
     "schemas": [],
     "totalResults": 2,
     "resources": [
@@ -71,7 +71,7 @@ def test_both_templates_parse() -> None:
     assert test.destinations == ("ellie@example.com",)
     assert reset.destinations == ("alice.backup@example.org", "alice@example.com")
     assert isinstance(reset.template, CredentialResetV1)
-    assert reset.template.expiry_time == datetime(2026, 2, 18, 4, 0, 5, tzinfo=timezone.utc)
+    assert reset.template.expiry_time == datetime(2026, 2, 18, 4, 0, 5, tzinfo=UTC)
     assert reset.send_after is not None
 
 

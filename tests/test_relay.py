@@ -5,8 +5,8 @@ from __future__ import annotations
 import email
 import email.policy
 import ssl
-from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timezone
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
@@ -22,6 +22,8 @@ from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 
 from .conftest import SMTP_AUTH
 
+RelayFactory = Callable[..., Awaitable[SmtpStandIn]]
+
 
 def envelope(to: str = "rcpt@example.com") -> Envelope:
     renderer = Renderer(instance_display_name="Kanidm", instance_url="https://idm.example.com")
@@ -29,7 +31,7 @@ def envelope(to: str = "rcpt@example.com") -> Envelope:
     rendered = renderer.render(TestMessageV1("Rita"), message_id=message_id, destination=to)
     return build_message(rendered, identity=MailIdentity("Kanidm", "idm@example.com",
                                                          "help@example.com"),
-                         destination=to, message_id=message_id, date=datetime.now(timezone.utc))
+                         destination=to, message_id=message_id, date=datetime.now(UTC))
 
 
 _OPEN: list[SmtpRelay] = []
@@ -55,7 +57,7 @@ def client(stand_in: SmtpStandIn, certs: Certs, *, auth: tuple[str, str] | None 
 
 @pytest.mark.parametrize("mode", ["starttls", "smtps"])
 async def test_mail_arrives_with_headers_and_body(
-    mode: str, relay_factory: Callable[..., SmtpStandIn], certs: Certs
+    mode: str, relay_factory: RelayFactory, certs: Certs
 ) -> None:
     stand_in = await relay_factory(mode=mode)
     smtp = client(stand_in, certs)
@@ -83,7 +85,7 @@ async def test_connections_are_reused(relay: SmtpStandIn, certs: Certs) -> None:
 
 
 async def test_server_without_starttls_is_refused(
-    relay_factory: Callable[..., SmtpStandIn], certs: Certs
+    relay_factory: RelayFactory, certs: Certs
 ) -> None:
     plain = await relay_factory(mode="plain", auth=None)
     smtp = client(plain, certs, auth=None)
@@ -102,7 +104,7 @@ async def test_wrong_password_is_relay_wide(relay: SmtpStandIn, certs: Certs) ->
 
 
 @pytest.mark.parametrize("mode", ["starttls", "smtps"])
-async def test_unknown_ca_is_rejected(mode: str, relay_factory: Callable[..., SmtpStandIn],
+async def test_unknown_ca_is_rejected(mode: str, relay_factory: RelayFactory,
                                       certs: Certs) -> None:
     stand_in = await relay_factory(mode=mode)
     smtp = client(stand_in, certs, context=build_tls_context(None))

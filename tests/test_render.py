@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
@@ -17,7 +17,7 @@ from kanidm_mail_sender.render import Renderer, action_url
 
 MID = UUID("6f1c2d4e-8a3b-4c5d-9e7f-0123456789ab")
 RESET = CredentialResetV1("Alice Example", "k4p9x-2hzat-vqe7c-83wbj",
-                          datetime(2026, 2, 18, 4, 0, 5, tzinfo=timezone.utc))
+                          datetime(2026, 2, 18, 4, 0, 5, tzinfo=UTC))
 
 
 def renderer(template_dir: Path | None = None, name: str = "Kanidm Localhost") -> Renderer:
@@ -64,7 +64,8 @@ def test_links_replace_the_path_and_append_the_token(base: str, expected: str) -
 def test_override_replaces_one_file_and_the_rest_fall_back(tmp_path: Path) -> None:
     (tmp_path / "credential_reset_v1.subject.j2").write_text("Reset for {{ display_name }}\n")
     r = renderer(tmp_path)
-    assert r.render(RESET, message_id=MID, destination="a@x.org").subject == "Reset for Alice Example"
+    subject = r.render(RESET, message_id=MID, destination="a@x.org").subject
+    assert subject == "Reset for Alice Example"
     assert "/ui/reset?token=" in r.render(RESET, message_id=MID, destination="a@x.org").text
     test = r.render(TestMessageV1("E"), message_id=MID, destination="a@x.org")
     assert test.subject == "Kanidm Localhost: Test Message"
@@ -77,10 +78,10 @@ def test_html_override_makes_multipart_alternative_with_escaping(tmp_path: Path)
     rendered = r.render(TestMessageV1("<b>Eve</b>"), message_id=MID, destination="e@x.org")
     envelope = build_message(rendered, identity=MailIdentity("<script>", "i@x.org", "r@x.org"),
                              destination="e@x.org", message_id=MID,
-                             date=datetime.now(timezone.utc))
+                             date=datetime.now(UTC))
     msg = email.message_from_bytes(envelope.data, policy=email.policy.default)
     assert msg.get_content_type() == "multipart/alternative"
-    text, html = msg.iter_parts()  # type: ignore[attr-defined]
+    text, html = msg.iter_parts()
     assert text.get_content_type() == "text/plain"
     assert "Hello <b>Eve</b>" in text.get_content()
     assert html.get_content_type() == "text/html"
@@ -101,12 +102,12 @@ def test_undefined_variable_is_an_error_with_line(tmp_path: Path) -> None:
     (tmp_path / "test_message_v1.txt.j2").write_text("ok\nstill ok\n{{ no_such_thing }}\n")
     r = renderer(tmp_path)
     with pytest.raises(TemplateError, match=r"test_message_v1.txt.j2, line 3: 'no_such_thing'"):
-        r.check_all(datetime.now(timezone.utc))
+        r.check_all(datetime.now(UTC))
 
 
 def test_headers_of_a_reset_mail() -> None:
     rendered = renderer().render(RESET, message_id=MID, destination="alice.backup@example.org")
-    date = datetime(2026, 2, 18, 3, 0, 6, tzinfo=timezone.utc)
+    date = datetime(2026, 2, 18, 3, 0, 6, tzinfo=UTC)
     envelope = build_message(
         rendered, identity=MailIdentity("Kanidm Localhost", "kanidm@example.com",
                                         "tobias@example.com"),
@@ -131,7 +132,7 @@ def test_non_ascii_names_are_encoded_and_round_trip() -> None:
     envelope = build_message(rendered, identity=MailIdentity(name, "i@example.com",
                                                              "r@example.com"),
                              destination="z@example.com", message_id=MID,
-                             date=datetime.now(timezone.utc))
+                             date=datetime.now(UTC))
     assert envelope.data.isascii()  # 7-bit clean on the wire
     msg = email.message_from_bytes(envelope.data, policy=email.policy.default)
     assert msg["From"].addresses[0].display_name == name

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from kanidm_mail_sender.errors import ScheduleError
 from kanidm_mail_sender.schedule import DEFAULT_SCHEDULE, parse_schedule
 
-START = datetime(2025, 2, 27, 23, 59, 58, 300000, tzinfo=timezone.utc)
+START = datetime(2025, 2, 27, 23, 59, 58, 300000, tzinfo=UTC)
 
 # (expression, the next three fire times the Rust crate gives after START)
 RUST_TABLE = [
@@ -98,8 +98,8 @@ def test_default_is_every_five_seconds_not_every_second() -> None:
 
 def test_results_are_whole_seconds_strictly_after_start() -> None:
     schedule = parse_schedule("* * * * * *")
-    at = datetime(2025, 1, 1, 0, 0, 4, 999999, tzinfo=timezone.utc)
-    assert schedule.next_after(at) == datetime(2025, 1, 1, 0, 0, 5, tzinfo=timezone.utc)
-    exact = datetime(2025, 1, 1, 0, 0, 5, tzinfo=timezone.utc)
-    assert schedule.next_after(exact) == datetime(2025, 1, 1, 0, 0, 6, tzinfo=timezone.utc)
+    at = datetime(2025, 1, 1, 0, 0, 4, 999999, tzinfo=UTC)
+    assert schedule.next_after(at) == datetime(2025, 1, 1, 0, 0, 5, tzinfo=UTC)
+    exact = datetime(2025, 1, 1, 0, 0, 5, tzinfo=UTC)
+    assert schedule.next_after(exact) == datetime(2025, 1, 1, 0, 0, 6, tzinfo=UTC)
     assert schedule.seconds_until_next(at) == pytest.approx(0.000001, abs=1e-5)

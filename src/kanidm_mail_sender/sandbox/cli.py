@@ -33,7 +33,7 @@ def _show(mail: CapturedMail) -> None:
           f"AUTH as {mail.authenticated_as})\n{bar}\n{text}", flush=True)
 
 
-async def _run(work: Path, *, keep_running: bool, timeout: float) -> int:
+async def _run(work: Path, *, keep_running: bool, wait_seconds: float) -> int:
     certs = make_certs(work / "certs")
     kanidm = KanidmStandIn(TOKEN)
     await kanidm.start(certs.server_context())
@@ -53,7 +53,7 @@ async def _run(work: Path, *, keep_running: bool, timeout: float) -> int:
         command.append("--skip-root-check")
         print("(running as root: passing --skip-root-check to the daemon)", flush=True)
     daemon = await asyncio.create_subprocess_exec(*command)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait_seconds
     try:
         while keep_running or kanidm.unsent():
             if daemon.returncode is not None:
@@ -86,6 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kanidm-mail-sender-sandbox-") as work:
         try:
             return asyncio.run(_run(Path(work), keep_running=args.keep_running,
-                                    timeout=args.timeout))
+                                    wait_seconds=args.timeout))
         except KeyboardInterrupt:
             return 0

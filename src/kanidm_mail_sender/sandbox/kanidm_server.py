@@ -14,7 +14,7 @@ import ssl
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -27,7 +27,7 @@ _MESSAGE_PREFIX = "/scim/v1/Message/"
 
 
 def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def intent_id() -> str:
@@ -96,7 +96,7 @@ class KanidmStandIn:
     # -- the queue -------------------------------------------------------------------------
 
     def _add(self, template: Any, destinations: list[str], **extra: Any) -> UUID:
-        now = datetime.now(timezone.utc) - timedelta(seconds=1)
+        now = datetime.now(UTC) - timedelta(seconds=1)
         message = StoredMessage(uuid4(), template, destinations, now, now + timedelta(days=7),
                                 extra=extra)
         self.messages[message.id] = message
@@ -117,7 +117,7 @@ class KanidmStandIn:
     ) -> UUID:
         """Queue a ``CredentialResetV1``; a negative ``expires_in`` makes it already expired."""
         targets = [to] if isinstance(to, str) else to
-        expiry = int((datetime.now(timezone.utc) + timedelta(seconds=expires_in)).timestamp())
+        expiry = int((datetime.now(UTC) + timedelta(seconds=expires_in)).timestamp())
         template = {"CredentialResetV1": {"display_name": display_name,
                                           "intent_id": intent or intent_id(),
                                           "expiry_time": expiry}}
@@ -186,7 +186,7 @@ class KanidmStandIn:
         if self.faults.list_statuses:
             status = self.faults.list_statuses.pop(0)
             return Response(status, _ERROR_BODIES.get(status, b'"error"'))
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         ready = [m for m in self.messages.values() if m.sent_at is None and m.send_after < now]
         return Response(200, stream=self._stream(ready))
 
@@ -212,5 +212,5 @@ class KanidmStandIn:
         message = self.messages.get(message_id)
         if message is None:
             return Response(404, _ERROR_BODIES[404])
-        message.sent_at = datetime.now(timezone.utc)
+        message.sent_at = datetime.now(UTC)
         return Response(200, b"null")

@@ -52,7 +52,7 @@ class _Handler:
     def __init__(self, stand_in: SmtpStandIn) -> None:
         self._s = stand_in
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,  # noqa: N802
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         with self._s.lock:
             replies = self._s.faults.rcpt_replies.get(address)
@@ -61,7 +61,7 @@ class _Handler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
-    async def handle_DATA(self, server: SMTP, session: Session,  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: Session,
                           envelope: Envelope) -> str:
         rcpt = envelope.rcpt_tos[0] if envelope.rcpt_tos else ""
         if self._s.faults.stall_in_data:
@@ -167,7 +167,7 @@ class SmtpStandIn:
     async def stop(self) -> None:
         """Stop listening."""
         if self._controller is not None:
-            await self._controller.finalize()
+            await self._controller.finalize()  # type: ignore[no-untyped-call]
             self._controller = None
 
 
