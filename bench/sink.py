@@ -1,0 +1,60 @@
+"""A minimal implicit-TLS SMTP sink for benchmarks: accepts everything, stores nothing.
+
+aiosmtpd costs more CPU per message than the client under test, so it would measure itself;
+this sink does the least an SMTP server can. Usage: sink.py CERT KEY PORTFILE
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+import sys
+
+COUNT = 0
+
+
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    global COUNT
+    writer.write(b"220 sink ESMTP\r\n")
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                break
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                writer.write(b"250-sink\r\n250-8BITMIME\r\n250 SIZE 10485760\r\n")
+            elif verb == b"DATA":
+                writer.write(b"354 go ahead\r\n")
+                await reader.readuntil(b"\r\n.\r\n")
+                COUNT += 1
+                writer.write(b"250 2.0.0 queued\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 ok\r\n")
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+        pass
+    finally:
+        writer.close()
+
+
+async def main() -> None:
+    cert, key, port_file = sys.argv[1:4]
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    with open(port_file, "w") as out:
+        out.write(str(server.sockets[0].getsockname()[1]))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    print(f"sink received {COUNT} messages", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
