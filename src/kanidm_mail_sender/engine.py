@@ -29,6 +29,7 @@ from kanidm_mail_sender.errors import (
     KanidmNotFound,
     MailSenderError,
     RelayMisconfigured,
+    StateError,
     TemplateError,
 )
 from kanidm_mail_sender.journal import ACCEPTED, DEFERRED, EXPIRED, REJECTED, Journal
@@ -308,6 +309,9 @@ class Engine:
             job = await self._send_queue.get()
             try:
                 marked = await self._send_job(job)
+            except StateError as exc:
+                self._fail(exc)  # without a journal we cannot promise "never twice"
+                marked = False
             except Exception as exc:  # a bug must not silently kill a worker
                 log.exception("engine.worker_error", message_id=str(job.message.id),
                               error=repr(exc))
