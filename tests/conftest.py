@@ -120,7 +120,8 @@ async def harness_factory(
         client_config = load_client_config(client_path).config
         config = load_mail_config(mail_path, environ={}).config
         journal = Journal(config.state_dir or tmp_path / "state")
-        http = build_http_client(client_config, config.token.get_secret_value(), timeout=5)
+        http = build_http_client(client_config, config.token.get_secret_value(),
+                                 timeout=config.http_timeout_seconds)
         client = KanidmClient(http)
         smtp = SmtpRelay(config.relay, tls_context=build_tls_context(config.mail_ca_path),
                          credentials=config.credentials(), helo_name="sender.test",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -250,3 +251,74 @@ async def test_ten_thousand_messages_in_one_poll(
     assert len(kanidm.sent()) == 10_000
     assert max(kanidm.mark_calls[i] for i in ids) == 1
     assert harness.journal.counts() == {ACCEPTED: 10_000}
+
+
+async def test_kanidm_timeouts_are_survived(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
+) -> None:
+    kanidm.queue_test_message("a@example.com")
+    kanidm.faults.list_delay = 1.0
+    harness = harness_factory(http_timeout_seconds=0.3)
+    with capture_logs() as logs:
+        await harness.cycle()
+    assert "timed out" in next(e for e in logs if e["event"] == "kanidm.list_failed")["error"]
+    assert relay.mails == []
+    kanidm.faults.list_delay = 0
+    kanidm.faults.mark_delay = 1.0  # the first mark times out, and is retried
+    time.sleep(0.02)
+    cycle = asyncio.create_task(harness.cycle())
+    while not kanidm.mark_calls:
+        await asyncio.sleep(0.01)
+    kanidm.faults.mark_delay = 0
+    await cycle
+    assert len(relay.mails) == 1
+    assert len(kanidm.sent()) == 1
+
+
+async def test_fault_campaign(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
+) -> None:
+    """Every fault at once: each deliverable message ends marked sent with exactly one mail per
+    destination, no expired link is mailed, and every undelivered message is explained."""
+    now = [time.time()]
+    deliverable: dict = {}
+    for i in range(10):
+        deliverable[kanidm.queue_test_message(f"plain{i}@example.com")] = [f"plain{i}@example.com"]
+    for i in range(5):
+        # The test clock jumps an hour per poll: give these resets a day.
+        deliverable[kanidm.queue_credential_reset(f"reset{i}@example.com",
+                                                  expires_in=86400)] = [f"reset{i}@example.com"]
+    for i in range(5):
+        dests = [f"m{i}a@example.com", f"m{i}b@example.com", f"m{i}c@example.com"]
+        relay.faults.rcpt_replies[dests[1]] = ["451 4.7.1 greylisted"]
+        deliverable[kanidm.queue_test_message(dests)] = dests
+    for i in range(3):
+        relay.faults.drop_in_data[f"drop{i}@example.com"] = 1
+        deliverable[kanidm.queue_test_message(f"drop{i}@example.com")] = [f"drop{i}@example.com"]
+    for i in range(2):
+        relay.faults.rcpt_replies[f"busy{i}@example.com"] = ["421 4.3.2 busy"]
+        deliverable[kanidm.queue_test_message(f"busy{i}@example.com")] = [f"busy{i}@example.com"]
+    expired = [kanidm.queue_credential_reset(f"late{i}@example.com", expires_in=-1)
+               for i in range(3)]
+    rejected = []
+    for i in range(3):
+        relay.faults.rcpt_replies[f"nobody{i}@example.com"] = ["550 5.1.1 unknown"] * 9
+        rejected.append(kanidm.queue_test_message(f"nobody{i}@example.com"))
+    unknown = [kanidm.queue_raw({"FutureV9": {}}, ["f@example.com"]) for _ in range(2)]
+    kanidm.faults.list_statuses = [500]
+    kanidm.faults.mark_statuses = [500, 503, 404]
+    harness = harness_factory(clock=lambda: now[0])
+    with capture_logs() as logs:
+        for _ in range(8):
+            harness.engine._list_retry_at = 0  # the test clock jumps; do not wait in real time
+            await harness.cycle()
+            now[0] += 3600
+    missing = set(deliverable) - set(kanidm.sent())
+    assert not missing, [(m, harness.journal.states(m)) for m in missing]
+    expected = Counter(d for dests in deliverable.values() for d in dests)
+    assert delivered(relay) == expected  # exactly one mail per destination
+    assert not any(d.startswith("late") for d in delivered(relay))
+    assert set(kanidm.unsent()) == set(expired) | set(rejected) | set(unknown)
+    explained = {e.get("message_id") for e in logs
+                 if e["event"] in ("message.expired", "mail.rejected", "message.skipped")}
+    assert {str(i) for i in [*expired, *rejected, *unknown]} <= explained
