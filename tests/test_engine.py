@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from uuid import UUID
 
 import pytest
 from structlog.testing import capture_logs
@@ -281,7 +282,7 @@ async def test_fault_campaign(
     """Every fault at once: each deliverable message ends marked sent with exactly one mail per
     destination, no expired link is mailed, and every undelivered message is explained."""
     now = [time.time()]
-    deliverable: dict = {}
+    deliverable: dict[UUID, list[str]] = {}
     for i in range(10):
         deliverable[kanidm.queue_test_message(f"plain{i}@example.com")] = [f"plain{i}@example.com"]
     for i in range(5):
