@@ -168,11 +168,13 @@ async def test_stalled_relay_does_not_freeze_other_sends(
     harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
 ) -> None:
     relay.faults.stall_in_data = 2.0
-    kanidm.queue_test_message("slow@example.com")
+    slow = kanidm.queue_test_message("slow@example.com")
     harness = harness_factory(mail_timeout_seconds=0.5)
-    started = time.monotonic()
-    await harness.cycle()
-    assert time.monotonic() - started < 10
+    await harness.cycle()  # returns at all (pytest-timeout guards a hang)
+    state = harness.journal.states(slow)["slow@example.com"]
+    assert state.state == DEFERRED
+    assert state.reply is not None
+    assert "in time" in state.reply
     assert relay.mails == []
     assert harness.engine.metrics.transient_failures._value.get() == 1
 
