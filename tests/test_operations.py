@@ -159,14 +159,10 @@ async def test_graceful_stop_finishes_in_flight_send_and_mark(
     relay.faults.stall_in_data = 0.5
     harness = harness_factory()
     poll = asyncio.create_task(harness.engine.poll())
-    while not relay_in_data(harness):
+    while not harness.engine.busy:
         await asyncio.sleep(0.01)
     await poll
     cut_off = await harness.engine.shutdown(5)
     assert cut_off == []
     assert len(relay.mails) == 1
     assert kanidm.sent() == [message]
-
-
-def relay_in_data(harness: Harness) -> bool:
-    return harness.engine.busy

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -260,8 +259,3 @@ async def run_main(configs: Configs, *, environ: Mapping[str, str]) -> None:
         journal.close()
     if engine.fatal is not None:
         raise engine.fatal
-
-
-def print_outcome(text: str) -> None:
-    """Write a one-line result for a person at a terminal."""
-    print(text, file=sys.stdout, flush=True)
