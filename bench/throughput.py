@@ -48,8 +48,9 @@ def rss_mb(pid: int) -> float:
 
 
 class Bench:
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, profile: Path | None = None) -> None:
         self.work = work
+        self.profile = profile
         self.certs: Certs = make_certs(work / "certs")
         self.kanidm = KanidmStandIn(TOKEN)
         self.sink: asyncio.subprocess.Process | None = None
@@ -102,6 +103,9 @@ class Bench:
 
     async def daemon(self, client: Path, mail: Path) -> asyncio.subprocess.Process:
         args = [sys.executable, "-m", "kanidm_mail_sender", "-c", str(client), "-m", str(mail)]
+        if self.profile is not None:  # cProfile output, one file per run, for pstats
+            out = self.profile / f"{client.parent.name}.pstats"
+            args[1:3] = ["-m", "cProfile", "-o", str(out), "-m", "kanidm_mail_sender"]
         if os.geteuid() == 0:
             args.append("--skip-root-check")
         return await asyncio.create_subprocess_exec(
@@ -186,9 +190,12 @@ async def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--compare-size", type=int, default=10000)
     parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument("--profile", type=Path, help="write each daemon run's cProfile here")
+    parser.add_argument("--only-daemon", action="store_true",
+                        help="skip the comparison runs and the idle figures")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kms-bench-") as tmp:
-        bench = Bench(Path(tmp))
+        bench = Bench(Path(tmp), args.profile)
         await bench.start()
         try:
             print(f"{'run':<34} {'msgs':>7} {'msg/s':>8} {'CPU s/1k':>9} {'peak RSS MB':>12}")
@@ -198,6 +205,8 @@ async def main() -> None:
                 results[n] = r
                 print(f"{'daemon (4 connections)':<34} {n:>7} {r['rate']:>8.0f} "
                       f"{r['cpu_per_1k']:>9.2f} {r['peak_mb']:>12.1f}", flush=True)
+            if args.only_daemon:
+                return
             n = args.compare_size
             seq = await bench.run_daemon("sequential", n, mail_max_connections=1)
             print(f"{'(a) daemon, mail_max_connections=1':<34} {n:>7} {seq['rate']:>8.0f} "

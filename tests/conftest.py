@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 import structlog
 
+from kanidm_mail_sender.app import Configs, make_kanidm
 from kanidm_mail_sender.config import load_client_config, load_mail_config
 from kanidm_mail_sender.engine import Engine, EngineSettings
 from kanidm_mail_sender.journal import Journal
-from kanidm_mail_sender.kanidm import KanidmClient, build_http_client
+from kanidm_mail_sender.kanidm import KanidmClient
 from kanidm_mail_sender.mail import MailIdentity
 from kanidm_mail_sender.relay import SmtpRelay, build_tls_context
 from kanidm_mail_sender.render import Renderer
@@ -120,9 +121,7 @@ async def harness_factory(
         client_config = load_client_config(client_path).config
         config = load_mail_config(mail_path, environ={}).config
         journal = Journal(config.state_dir or tmp_path / "state")
-        http = build_http_client(client_config, config.token.get_secret_value(),
-                                 timeout=config.http_timeout_seconds)
-        client = KanidmClient(http)
+        client = make_kanidm(Configs(config, client_config))
         smtp = SmtpRelay(config.relay, tls_context=build_tls_context(config.mail_ca_path),
                          credentials=config.credentials(), helo_name="sender.test",
                          connect_timeout=5, command_timeout=config.mail_timeout_seconds,

@@ -195,16 +195,19 @@ async def test_kanidm_list_errors_back_off_and_recover(
     assert len(relay.mails) == 1
 
 
+@pytest.mark.parametrize("pipelining", [True, False])
 async def test_mark_sent_5xx_is_retried_without_resending(
-    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn, pipelining: bool
 ) -> None:
+    """With pipelining, and with ``http_pipelining = false`` (marks through httpx)."""
     message = kanidm.queue_test_message("a@example.com")
     kanidm.faults.mark_statuses = [500, 503]
-    harness = harness_factory()
+    harness = harness_factory(http_pipelining=pipelining)
     await harness.cycle()
     assert len(relay.mails) == 1
     assert kanidm.mark_calls[message] == 3
     assert kanidm.sent() == [message]
+    assert (kanidm.connections_accepted == 2) is pipelining  # the list, then one for marks
 
 
 async def test_mark_sent_404_forgets_and_goes_on(

@@ -35,6 +35,7 @@ from kanidm_mail_sender.kanidm import KanidmClient, build_http_client
 from kanidm_mail_sender.mail import MailIdentity, build_message
 from kanidm_mail_sender.messages import TestMessageV1
 from kanidm_mail_sender.metrics import Metrics, start_metrics_server
+from kanidm_mail_sender.pipeline import build_mark_pipeline, proxied
 from kanidm_mail_sender.preflight import Identity, check_config_file
 from kanidm_mail_sender.relay import SmtpRelay, build_tls_context
 from kanidm_mail_sender.render import SAMPLE_MESSAGE_ID, Renderer, sample_template
@@ -46,6 +47,7 @@ __all__ = [
     "TEST_DISPLAY_NAME",
     "Configs",
     "load_configs",
+    "make_kanidm",
     "make_relay",
     "make_renderer",
     "render_preview",
@@ -119,12 +121,19 @@ def _schedule(config: MailSenderConfig) -> Schedule:
     return schedule
 
 
-def _kanidm(configs: Configs) -> KanidmClient:
-    mail = configs.mail
-    return KanidmClient(build_http_client(
-        configs.client, mail.token.get_secret_value(), timeout=mail.http_timeout_seconds,
-        max_connections=max(8, mail.mail_max_connections * 2),
-    ))
+def make_kanidm(configs: Configs) -> KanidmClient:
+    """The Kanidm client: httpx for listing, the pipeline for marks unless turned off."""
+    mail, token = configs.mail, configs.mail.token.get_secret_value()
+    http = build_http_client(configs.client, token, timeout=mail.http_timeout_seconds,
+                             max_connections=max(8, mail.mail_max_connections * 2))
+    if not mail.http_pipelining:
+        return KanidmClient(http)
+    if proxied(configs.client.base_url):
+        log.info("kanidm.pipelining_off", reason="an HTTPS proxy is set in the environment; "
+                 "marks go through it one request at a time")
+        return KanidmClient(http)
+    return KanidmClient(http, build_mark_pipeline(configs.client, token,
+                                                  timeout=mail.http_timeout_seconds))
 
 
 async def send_test(configs: Configs, address: str) -> str:
@@ -194,7 +203,7 @@ async def run_check(client_path: Path, mail_path: Path, *, environ: Mapping[str,
         line("ok", "state directory", f"{state_dir} is writable")
     else:
         line("FAIL", "state directory", f"{state_dir} is not writable by this user")
-    kanidm = _kanidm(configs)
+    kanidm = make_kanidm(configs)
     try:
         count = await kanidm.count_ready()
     except MailSenderError as exc:
@@ -226,12 +235,13 @@ async def run_main(configs: Configs, *, environ: Mapping[str, str]) -> None:
     metrics = Metrics()
     settings = EngineSettings(
         send_workers=config.mail_max_connections,
-        mark_workers=max(8, config.mail_max_connections * 2),
+        # With pipelining, each waiting mark is a few hundred bytes in the next batch.
+        mark_workers=64 if config.http_pipelining else max(8, config.mail_max_connections * 2),
         retry_initial=config.retry_initial_seconds,
         retry_max=config.retry_max_seconds,
         relay_probe_interval=120.0 if config.metrics_listen else None,
     )
-    kanidm = _kanidm(configs)
+    kanidm = make_kanidm(configs)
     relay = make_relay(config)
     engine = Engine(source=kanidm, transport=relay, journal=journal, renderer=renderer,
                     identity=_identity(config), settings=settings, metrics=metrics)

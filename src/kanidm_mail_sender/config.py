@@ -116,6 +116,7 @@ class MailSenderConfig(BaseModel):
     mail_ca_path: Path | None = None
     mail_helo_name: str | None = None
     http_timeout_seconds: float = Field(default=30, gt=0, le=3600)
+    http_pipelining: StrictBool = True
     state_dir: Path | None = None
     shutdown_grace_seconds: float = Field(default=10, ge=0, le=3600)
     retry_initial_seconds: float = Field(default=30, gt=0, le=86400)

@@ -64,7 +64,7 @@ class EngineSettings:
     """Tuning of the engine; defaults match the config file's."""
 
     send_workers: int = 4
-    mark_workers: int = 8
+    mark_workers: int = 64  # marks are pipelined: a waiting mark costs a few hundred bytes
     queue_size: int = 256
     retry_initial: float = 30.0
     retry_max: float = 3600.0

@@ -83,9 +83,22 @@ async def _write_response(writer: asyncio.StreamWriter, response: Response) -> N
 class HttpServer:
     """A listening server; ``close()`` also ends the open keep-alive connections."""
 
-    def __init__(self, server: asyncio.Server, tasks: set[asyncio.Task[None]]) -> None:
+    def __init__(self, server: asyncio.Server, tasks: set[asyncio.Task[None]],
+                 accepted: list[int]) -> None:
         self._server = server
         self._tasks = tasks
+        self._accepted = accepted
+
+    @property
+    def connections_accepted(self) -> int:
+        """How many connections were accepted so far."""
+        return self._accepted[0]
+
+    async def drop_connections(self) -> None:
+        """End every open connection but keep listening (a keep-alive timeout, for tests)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     @property
     def port(self) -> int:
@@ -95,9 +108,7 @@ class HttpServer:
     async def close(self) -> None:
         """Stop listening and cancel every connection."""
         self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.drop_connections()
         await self._server.wait_closed()
 
 
@@ -106,11 +117,13 @@ async def serve(
 ) -> HttpServer:
     """Start serving ``handler`` on host:port (0 picks a free port)."""
     tasks: set[asyncio.Task[None]] = set()
+    accepted = [0]
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         tasks.add(task)
+        accepted[0] += 1
         try:
             while True:
                 request = await _read_request(reader)
@@ -134,4 +147,4 @@ async def serve(
                 await writer.wait_closed()
 
     server = await asyncio.start_server(connection, host, port, ssl=ssl_context)
-    return HttpServer(server, tasks)
+    return HttpServer(server, tasks, accepted)

@@ -144,6 +144,16 @@ class KanidmStandIn:
         self.url = f"https://{host}:{self._server.port}"
         return self.url
 
+    @property
+    def connections_accepted(self) -> int:
+        """HTTPS connections accepted since start."""
+        return self._server.connections_accepted if self._server is not None else 0
+
+    async def drop_connections(self) -> None:
+        """Close every open keep-alive connection, as a server's idle timeout would."""
+        if self._server is not None:
+            await self._server.drop_connections()
+
     async def stop(self) -> None:
         """Stop listening and close open connections."""
         if self._server is not None:

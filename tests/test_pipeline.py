@@ -1,0 +1,243 @@
+"""The pipelined mark-sent client, against the HTTPS stand-in and a scripted TLS server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from uuid import UUID, uuid4
+
+import pytest
+
+from kanidm_mail_sender import __version__
+from kanidm_mail_sender.config import ClientConfig
+from kanidm_mail_sender.errors import (
+    KanidmAuthError,
+    KanidmNotFound,
+    KanidmResponseError,
+    KanidmUnavailable,
+)
+from kanidm_mail_sender.pipeline import MarkPipeline, build_mark_pipeline, proxied
+from kanidm_mail_sender.sandbox.certs import Certs
+from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
+
+from .conftest import TOKEN
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+def pipeline_for(url: str, certs: Certs | None, timeout: float = 5) -> MarkPipeline:
+    config = ClientConfig(uri=url, ca_path=certs.ca_path if certs else None)
+    return build_mark_pipeline(config, TOKEN, timeout=timeout)
+
+
+@pytest.fixture
+async def pipeline(kanidm: KanidmStandIn, certs: Certs) -> AsyncIterator[MarkPipeline]:
+    marker = pipeline_for(kanidm.url, certs)
+    yield marker
+    await marker.aclose()
+
+
+async def test_concurrent_marks_share_one_connection(
+    kanidm: KanidmStandIn, pipeline: MarkPipeline
+) -> None:
+    ids = [kanidm.queue_test_message(f"u{i}@example.com") for i in range(300)]
+    await asyncio.gather(*(pipeline.mark_sent(i) for i in ids))
+    assert sorted(kanidm.sent()) == sorted(ids)
+    assert set(kanidm.mark_calls.values()) == {1}
+    assert pipeline.connections_opened == 1
+    assert kanidm.connections_accepted == 1
+
+
+async def test_each_answer_reaches_its_own_caller(
+    kanidm: KanidmStandIn, pipeline: MarkPipeline
+) -> None:
+    first, last = kanidm.queue_test_message("a@example.com"), kanidm.queue_test_message("b@x.y")
+    unknown = uuid4()
+    results = await asyncio.gather(pipeline.mark_sent(first), pipeline.mark_sent(unknown),
+                                   pipeline.mark_sent(last), return_exceptions=True)
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], KanidmNotFound)
+    assert str(unknown) in str(results[1])
+    assert sorted(kanidm.sent()) == sorted([first, last])
+
+
+@pytest.mark.parametrize(("status", "error"), [(503, KanidmResponseError),
+                                               (401, KanidmAuthError),
+                                               (403, KanidmAuthError)])
+async def test_error_statuses_map_to_our_errors(
+    kanidm: KanidmStandIn, pipeline: MarkPipeline, status: int, error: type[Exception]
+) -> None:
+    failing, fine = kanidm.queue_test_message("a@x.y"), kanidm.queue_test_message("b@x.y")
+    kanidm.faults.mark_statuses = [status]
+    results = await asyncio.gather(pipeline.mark_sent(failing), pipeline.mark_sent(fine),
+                                   return_exceptions=True)
+    assert type(results[0]) is error
+    assert str(status) in str(results[0])
+    assert results[1] is None
+    assert kanidm.sent() == [fine]
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced(
+    kanidm: KanidmStandIn, pipeline: MarkPipeline
+) -> None:
+    before, after = kanidm.queue_test_message("a@x.y"), kanidm.queue_test_message("b@x.y")
+    await pipeline.mark_sent(before)
+    await kanidm.drop_connections()
+    await asyncio.sleep(0.05)
+    await pipeline.mark_sent(after)
+    assert sorted(kanidm.sent()) == sorted([before, after])
+    assert kanidm.mark_calls[after] == 1
+    assert pipeline.connections_opened == 2
+
+
+async def test_a_silent_kanidm_times_out_and_the_next_mark_reconnects(
+    kanidm: KanidmStandIn, certs: Certs
+) -> None:
+    marker = pipeline_for(kanidm.url, certs, timeout=0.2)
+    message = kanidm.queue_test_message("a@x.y")
+    kanidm.faults.mark_delay = 1.0
+    with pytest.raises(KanidmUnavailable, match=r"did not answer within 0\.2 s"):
+        await marker.mark_sent(message)
+    kanidm.faults.mark_delay = 0
+    await marker.mark_sent(message)
+    await marker.aclose()
+    assert kanidm.sent() == [message]
+    assert marker.connections_opened == 2
+
+
+async def test_unreachable_and_untrusted_kanidm_are_unavailable(
+    kanidm: KanidmStandIn, certs: Certs
+) -> None:
+    untrusted = pipeline_for(kanidm.url, None)
+    with pytest.raises(KanidmUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+        await untrusted.mark_sent(uuid4())
+    await untrusted.aclose()
+    assert not kanidm.mark_calls
+    url = kanidm.url
+    await kanidm.stop()
+    closed = pipeline_for(url, certs)
+    with pytest.raises(KanidmUnavailable, match="cannot reach Kanidm"):
+        await closed.mark_sent(uuid4())
+    await closed.aclose()
+
+
+async def test_marks_after_close_fail_cleanly(pipeline: MarkPipeline) -> None:
+    await pipeline.aclose()
+    with pytest.raises(KanidmUnavailable, match="closed"):
+        await pipeline.mark_sent(uuid4())
+
+
+# -- a scripted server, for what the stand-in never does --------------------------------------
+
+
+@pytest.fixture
+async def scripted(certs: Certs) -> AsyncIterator[Callable[[Script], Awaitable[str]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(script: Script) -> str:
+        count = [0]
+
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            count[0] += 1
+            try:
+                await script(reader, writer, count[0])
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(connection, "127.0.0.1", 0,
+                                            ssl=certs.server_context())
+        servers.append(server)
+        return f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    body = await reader.readexactly(4)
+    return head.decode(), body
+
+
+async def test_requests_are_exactly_what_kanidm_expects(
+    scripted: Callable[[Script], Awaitable[str]], certs: Certs
+) -> None:
+    seen: list[tuple[str, bytes]] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        seen.append(await read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnull")
+        await writer.drain()
+        await reader.read()
+
+    url = await scripted(script)
+    marker = pipeline_for(url, certs)
+    message = UUID("0a9318dc-920f-4944-9ce4-91b4322b5dad")
+    await marker.mark_sent(message)
+    await marker.aclose()
+    head, body = seen[0]
+    lines = head.split("\r\n")
+    assert lines[0] == f"POST /scim/v1/Message/{message}/_sent HTTP/1.1"
+    assert f"Host: {url.removeprefix('https://')}" in lines
+    assert f"Authorization: Bearer {TOKEN}" in lines
+    assert "Content-Type: application/json" in lines
+    assert "Content-Length: 4" in lines
+    assert f"User-Agent: kanidm-mail-sender/{__version__}" in lines
+    assert body == b"null"
+
+
+async def test_interim_chunked_and_closing_answers(
+    scripted: Callable[[Script], Awaitable[str]], certs: Certs
+) -> None:
+    """100 Continue is skipped, chunked bodies are read, and what follows a
+    ``Connection: close`` answer is written again on a new connection."""
+    handled: list[str] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     number: int) -> None:
+        if number == 1:
+            for _ in range(3):  # all three are pipelined on the first connection
+                handled.append((await read_request(reader))[0].split(" ")[1])
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n2\r\nnu\r\n2\r\nll\r\n0\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\nnull")
+            await writer.drain()
+            return
+        handled.append((await read_request(reader))[0].split(" ")[1])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnull")
+        await writer.drain()
+        await reader.read()
+
+    url = await scripted(script)
+    marker = pipeline_for(url, certs)
+    ids = [uuid4() for _ in range(3)]
+    await asyncio.gather(*(marker.mark_sent(i) for i in ids))
+    await marker.aclose()
+    assert marker.connections_opened == 2
+    assert handled == [f"/scim/v1/Message/{i}/_sent" for i in [*ids, ids[2]]]
+
+
+async def test_a_peer_that_is_not_http_is_a_response_error(
+    scripted: Callable[[Script], Awaitable[str]], certs: Certs
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        writer.write(b"220 smtp.example.com ESMTP\r\n\r\n")
+        await writer.drain()
+
+    marker = pipeline_for(await scripted(script), certs)
+    with pytest.raises(KanidmResponseError, match="not HTTP/1.1"):
+        await marker.mark_sent(uuid4())
+    await marker.aclose()
+
+
+def test_proxies_from_the_environment_turn_pipelining_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert not proxied("https://idm.example.com")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.com:3128")
+    assert proxied("https://idm.example.com")
+    monkeypatch.setenv("NO_PROXY", "idm.example.com")
+    assert not proxied("https://idm.example.com")
