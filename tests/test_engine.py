@@ -55,7 +55,7 @@ async def test_partial_transient_failure_retries_only_that_destination(
     now = [time.time()]
     destinations = ["a@example.com", "b@example.com", "c@example.com"]
     message = kanidm.queue_test_message(destinations)
-    relay.faults.rcpt_replies["b@example.com"] = ["451 4.3.0 greylisted"]
+    relay.faults.rcpt_replies["b@example.com"] = ["451 4.3.0 greylisted"] * 2
     harness = harness_factory(clock=lambda: now[0])
     await harness.cycle()
     assert delivered(relay) == Counter({"a@example.com": 1, "c@example.com": 1})
@@ -64,9 +64,15 @@ async def test_partial_transient_failure_retries_only_that_destination(
     await harness.cycle()  # not due yet: nothing happens at every poll
     assert len(relay.mails) == 2
     now[0] += 3600
+    await harness.cycle()  # greylisted once more
+    states = harness.journal.states(message)
+    assert (states["b@example.com"].state, states["b@example.com"].attempts) == (DEFERRED, 2)
+    now[0] += 3600
     await harness.cycle()
     assert delivered(relay) == Counter({d: 1 for d in destinations})
     assert kanidm.sent() == [message]
+    assert harness.journal.states(message)["b@example.com"].attempts == 3
+    assert harness.journal.states(message)["a@example.com"].attempts == 1
 
 
 async def test_permanent_failures_are_journalled_and_never_retried(

@@ -156,3 +156,27 @@ async def test_check_authenticates_without_sending(relay: SmtpStandIn, certs: Ce
 
 async def test_received_bytes_parse(relay: SmtpStandIn) -> None:
     assert email.message_from_bytes(b"Subject: x\r\n\r\n", policy=email.policy.default)
+
+
+async def test_non_ascii_address_goes_out_with_smtputf8_and_size(
+    relay: SmtpStandIn, certs: Certs
+) -> None:
+    sent = envelope("jösé@exämple.test")
+    await client(relay, certs).send(sent)
+    [mail] = relay.mails
+    assert mail.rcpt_tos == ["jösé@exämple.test"]
+    assert "SMTPUTF8" in mail.mail_options
+    assert f"SIZE={len(sent.data)}" in mail.mail_options
+    assert "jösé@exämple.test" in str(mail.message["To"])
+
+
+async def test_non_ascii_address_without_smtputf8_is_rejected_for_good(
+    relay_factory: RelayFactory, certs: Certs
+) -> None:
+    relay = await relay_factory(smtputf8=False)
+    smtp = client(relay, certs)
+    with pytest.raises(DeliveryRejected, match="needs SMTPUTF8"):
+        await smtp.send(envelope("jösé@exämple.test"))
+    await smtp.send(envelope("jose@example.test"))
+    assert [m.rcpt_tos for m in relay.mails] == [["jose@example.test"]]
+    assert smtp.connections_opened == 1

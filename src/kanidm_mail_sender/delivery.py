@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kanidm_mail_sender.journal import ACCEPTED, DEFERRED, EXPIRED, REJECTED, DestinationState
 from kanidm_mail_sender.messages import CredentialResetV1, QueuedMessage
@@ -29,11 +29,13 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """The decision for one message; ``due`` lists the destinations to try now."""
+    """The decision for one message; ``due`` lists the destinations to try now, and
+    ``attempts`` how often each of them was tried before."""
 
     action: Action
     due: tuple[str, ...] = ()
     accepted: frozenset[str] = frozenset()
+    attempts: Mapping[str, int] = field(default_factory=dict)
 
 
 def plan_message(
@@ -52,7 +54,8 @@ def plan_message(
         return Plan(Action.EXPIRE, accepted=accepted)
     due = tuple(d for d in message.destinations if _is_due(states.get(d), now))
     if due:
-        return Plan(Action.SEND, due=due, accepted=accepted)
+        attempts = {d: states[d].attempts for d in due if d in states}
+        return Plan(Action.SEND, due=due, accepted=accepted, attempts=attempts)
     waiting = any(_state(states, d) == DEFERRED for d in message.destinations)
     return Plan(Action.WAIT if waiting else Action.DONE, accepted=accepted)
 

@@ -327,7 +327,8 @@ class Engine:
         for destination in job.plan.due:
             if self._stopping.is_set() or self._clock() < self._relay_paused_until:
                 return False
-            outcome = await self._send_one(message, destination)
+            attempts = job.plan.attempts.get(destination, 0) + 1
+            outcome = await self._send_one(message, destination, attempts)
             if outcome is None:
                 return False  # relay-wide problem: the pause is set, nothing was spent
             if outcome:
@@ -337,11 +338,11 @@ class Engine:
             return True
         return False
 
-    async def _send_one(self, message: QueuedMessage, destination: str) -> bool | None:
-        """True if accepted, False if failed for this destination, None if the relay is down."""
+    async def _send_one(self, message: QueuedMessage, destination: str,
+                        attempts: int) -> bool | None:
+        """True if accepted, False if failed for this destination, None if the relay is down;
+        ``attempts`` counts this one."""
         ids = {"message_id": str(message.id), "destination": destination}
-        state = self._journal.states(message.id).get(destination)
-        attempts = (state.attempts if state else 0) + 1
         try:
             check_address(destination)
             rendered = self._renderer.render(message.template, message_id=message.id,

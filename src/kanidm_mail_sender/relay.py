@@ -7,6 +7,7 @@ default (``start_tls=None``) would silently fall back to clear text, so it is ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import time
@@ -90,6 +91,36 @@ def classify_smtp_error(exc: BaseException) -> RelayError:
     return DeliveryDeferred(f"unexpected error talking to the relay: {exc!r}")
 
 
+async def _transaction(conn: aiosmtplib.SMTP, envelope: Envelope) -> str:
+    """MAIL, RCPT and DATA for one recipient; returns the relay's final reply.
+
+    This is aiosmtplib's ``sendmail`` without its four re-parses of addresses we already
+    checked (a tenth of the CPU per mail), and with SMTPUTF8 when an address needs it.
+    """
+    sender, recipient = envelope.sender, envelope.recipient
+    options = [b"SIZE=%d" % len(envelope.data)] if conn.supports_extension("size") else []
+    if not (sender.isascii() and recipient.isascii()):
+        if not conn.supports_extension("smtputf8"):
+            raise DeliveryRejected(
+                f"{recipient if not recipient.isascii() else sender} needs SMTPUTF8, "
+                "which the relay does not offer")
+        options.append(b"SMTPUTF8")
+    try:
+        reply = await conn.execute_command(b"MAIL", b"FROM:<%b>" % sender.encode(), *options)
+        if reply.code != 250:
+            raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+        reply = await conn.execute_command(b"RCPT", b"TO:<%b>" % recipient.encode())
+        if reply.code not in (250, 251):
+            raise aiosmtplib.SMTPRecipientsRefused(
+                [aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)])
+        reply = await conn.data(envelope.data)
+    except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            await conn.rset()  # leave the pooled connection ready for the next mail
+        raise
+    return reply.message
+
+
 class SmtpRelay:
     """Sends envelopes over at most ``max_connections`` reused TLS connections."""
 
@@ -128,8 +159,9 @@ class SmtpRelay:
         )
         try:
             await conn.connect(timeout=self._connect_timeout)
-            if self._credentials is not None:
+            if conn.is_ehlo_or_helo_needed:  # after STARTTLS, and before reading extensions
                 await conn.ehlo()
+            if self._credentials is not None:
                 user, password = self._credentials
                 # One mechanism, no fallback, as upstream: PLAIN if offered, else LOGIN.
                 if "plain" in conn.server_auth_methods:
@@ -168,12 +200,14 @@ class SmtpRelay:
             conn: aiosmtplib.SMTP | None = None
             try:
                 conn = await self._acquire()
-                _, reply = await conn.sendmail(
-                    envelope.sender, [envelope.recipient], envelope.data
-                )
+                reply = await _transaction(conn, envelope)
             except asyncio.CancelledError:
                 if conn is not None:
                     conn.close()
+                raise
+            except RelayError:
+                if conn is not None:  # refused before any command: the connection is fine
+                    self._idle.append((conn, time.monotonic()))
                 raise
             except Exception as exc:
                 if conn is not None:

@@ -29,6 +29,7 @@ class CapturedMail:
     rcpt_tos: list[str]
     data: bytes
     authenticated_as: str | None
+    mail_options: list[str] = field(default_factory=list)
 
     @property
     def message(self) -> EmailMessage:
@@ -86,6 +87,7 @@ class _Handler:
                 rcpt_tos=list(envelope.rcpt_tos),
                 data=content,
                 authenticated_as=login.decode() if isinstance(login, bytes) else None,
+                mail_options=list(envelope.mail_options),
             )
             if self._s.keep:
                 self._s.mails.append(mail)
@@ -108,8 +110,10 @@ class SmtpStandIn:
         host: str = "127.0.0.1",
         port: int = 0,
         keep: bool = True,
+        smtputf8: bool = True,
     ) -> None:
         self.certs = certs
+        self.smtputf8 = smtputf8
         self.mode = mode
         self.auth = auth
         self.host = host
@@ -147,7 +151,8 @@ class SmtpStandIn:
 
     async def start(self) -> None:
         """Start listening on the running loop (picks a free port when ``port`` was 0)."""
-        options: dict[str, Any] = {"server_hostname": "relay.test", "hostname": self.host}
+        options: dict[str, Any] = {"server_hostname": "relay.test", "hostname": self.host,
+                                   "enable_SMTPUTF8": self.smtputf8}
         if self.mode == "smtps":
             options["ssl_context"] = self.certs.server_context()
             options["auth_require_tls"] = False  # aiosmtpd only counts STARTTLS as TLS
