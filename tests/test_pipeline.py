@@ -55,7 +55,8 @@ async def test_each_answer_reaches_its_own_caller(
     unknown = uuid4()
     results = await asyncio.gather(pipeline.mark_sent(first), pipeline.mark_sent(unknown),
                                    pipeline.mark_sent(last), return_exceptions=True)
-    assert results[0] is None and results[2] is None
+    assert results[0] is None
+    assert results[2] is None
     assert isinstance(results[1], KanidmNotFound)
     assert str(unknown) in str(results[1])
     assert sorted(kanidm.sent()) == sorted([first, last])
@@ -228,7 +229,7 @@ async def test_a_peer_that_is_not_http_is_a_response_error(
         await writer.drain()
 
     marker = pipeline_for(await scripted(script), certs)
-    with pytest.raises(KanidmResponseError, match="not HTTP/1.1"):
+    with pytest.raises(KanidmResponseError, match=r"not HTTP/1\.1"):
         await marker.mark_sent(uuid4())
     await marker.aclose()
 

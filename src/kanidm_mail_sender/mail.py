@@ -98,6 +98,12 @@ def _fast_path(
     )
 
 
+@lru_cache(maxsize=8)
+def _date_header(seconds: int) -> str:
+    """RFC 5322 date of a whole second; mails sent in the same second share the string."""
+    return format_datetime(datetime.fromtimestamp(seconds, UTC))
+
+
 def build_message(
     rendered: RenderedMail,
     *,
@@ -108,7 +114,7 @@ def build_message(
 ) -> Envelope:
     """Build one mail to one destination; text/plain, or multipart/alternative with HTML."""
     header_id = stable_message_id(message_id, destination, identity.from_address)
-    date_text = format_datetime(date.astimezone(UTC))
+    date_text = _date_header(int(date.timestamp()))
     data = _fast_path(rendered, identity, destination, date_text, header_id)
     if data is None:
         data = _stdlib_message(rendered, identity, destination, date_text, header_id)

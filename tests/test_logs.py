@@ -1,0 +1,48 @@
+"""Log output: the text and JSON renderers, and secret redaction."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import structlog
+
+from kanidm_mail_sender.logs import configure_logging
+
+
+def test_json_logs_redact_secrets() -> None:
+    stream = io.StringIO()
+    configure_logging(debug=True, json=True, stream=stream)
+    structlog.get_logger("t").info("event", token="abc", password="def", destination="x@y.z")
+    line = json.loads(stream.getvalue())
+    assert line["token"] == "[redacted]"
+    assert line["password"] == "[redacted]"
+    assert line["destination"] == "x@y.z"
+    assert line["level"] == "info"
+
+
+def test_text_lines_quote_only_what_needs_it_and_redact_secrets() -> None:
+    stream = io.StringIO()
+    configure_logging(debug=False, json=False, stream=stream)
+    log = structlog.get_logger("t")
+    log.debug("hidden")
+    log.warning("kanidm.mark_failed", message_id="0a93", error='Kanidm answered 500 "x"',
+                attempts=2, password="hunter2", note="")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("engine.worker_error")
+    first, second, *trace = stream.getvalue().splitlines()
+    stamp, level, event, rest = first.split(" ", 3)
+    assert stamp.endswith("Z")
+    assert "T" in stamp
+    assert (level, event) == ("warning", "kanidm.mark_failed")
+    assert rest.split(" ", 1)[0] == "message_id=0a93"
+    assert 'error="Kanidm answered 500 \\"x\\""' in rest
+    assert "attempts=2" in rest
+    assert "password=[redacted]" in rest
+    assert 'note=""' in rest
+    assert "hunter2" not in stream.getvalue()
+    assert second.split()[1:3] == ["error", "engine.worker_error"]
+    assert trace[0] == "Traceback (most recent call last):"
+    assert trace[-1] == "RuntimeError: boom"
