@@ -16,8 +16,9 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
 
@@ -91,6 +92,19 @@ def _json_logs(environ: Mapping[str, str], configured: str | None) -> bool:
     return chosen == "json"
 
 
+T = TypeVar("T")
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop when it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop has no Windows build
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point of ``kanidm-mail-sender``; returns the exit code."""
     env = os.environ if environ is None else environ
@@ -102,7 +116,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     ids = Identity.current()
     try:
         if args.check:
-            ok = asyncio.run(run_check(args.client_config, args.mail_sender_config,
+            ok = _run(run_check(args.client_config, args.mail_sender_config,
                                        environ=env, ids=ids, out=sys.stdout))
             return EXIT_OK if ok else EXIT_SEND_FAILED
         if args.render is None:
@@ -120,7 +134,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return EXIT_OK
         if args.test_email is not None:
             return _test_mode(configs, args.test_email)
-        asyncio.run(run_main(configs, environ=env))
+        _run(run_main(configs, environ=env))
     except PreflightError as exc:
         log.error("preflight.refused", error=str(exc))
         return EXIT_ROOT
@@ -144,7 +158,7 @@ def _test_mode(configs: object, address: str) -> int:
     assert isinstance(configs, Configs)
     log = structlog.get_logger("kanidm_mail_sender")
     try:
-        reply = asyncio.run(send_test(configs, address))
+        reply = _run(send_test(configs, address))
     except RelayError as exc:
         log.error("test.failed", destination=address, error=str(exc))
         print(f"FAILED: the test message to {address} was not sent: {exc}", flush=True)
