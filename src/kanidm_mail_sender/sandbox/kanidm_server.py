@@ -90,6 +90,7 @@ class KanidmStandIn:
         self.faults = Faults()
         self.mark_calls: Counter[UUID] = Counter()
         self.list_calls = 0
+        self._sent_count = 0
         self._server: HttpServer | None = None
         self.url = ""
 
@@ -126,6 +127,16 @@ class KanidmStandIn:
     def queue_raw(self, template: Any, destinations: list[str]) -> UUID:
         """Queue an entry with any template value (unknown variants, malformed shapes)."""
         return self._add(template, destinations)
+
+    def clear(self) -> None:
+        """Forget every message and counter (the benchmark reuses one stand-in)."""
+        self.messages.clear()
+        self.mark_calls.clear()
+        self._sent_count = 0
+
+    def unsent_count(self) -> int:
+        """How many messages are not marked sent yet; O(1), for polling loops."""
+        return len(self.messages) - self._sent_count
 
     def unsent(self) -> list[UUID]:
         """Ids not yet marked sent."""
@@ -222,5 +233,7 @@ class KanidmStandIn:
         message = self.messages.get(message_id)
         if message is None:
             return Response(404, _ERROR_BODIES[404])
+        if message.sent_at is None:
+            self._sent_count += 1
         message.sent_at = datetime.now(UTC)
         return Response(200, b"null")
