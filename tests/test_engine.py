@@ -216,6 +216,21 @@ async def test_mark_sent_5xx_is_retried_without_resending(
     assert (kanidm.connections_accepted == 2) is pipelining  # the list, then one for marks
 
 
+async def test_a_mark_outage_is_logged_once_not_per_message(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
+) -> None:
+    messages = [kanidm.queue_test_message(f"u{i}@example.com") for i in range(6)]
+    kanidm.faults.mark_statuses = [503] * 6
+    harness = harness_factory()
+    with capture_logs() as logs:
+        await harness.cycle()
+    assert sorted(kanidm.sent()) == sorted(messages)
+    assert len(relay.mails) == 6
+    events = [e["event"] for e in logs]
+    assert events.count("kanidm.mark_failed") == 1
+    assert events.count("kanidm.mark_recovered") == 1
+
+
 async def test_mark_sent_404_forgets_and_goes_on(
     harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
 ) -> None:

@@ -121,6 +121,7 @@ class Engine:
         self._list_retry_at = 0.0
         self._list_logged_at = -1e18
         self._mark_logged_at = -1e18
+        self._mark_failures = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -438,12 +439,17 @@ class Engine:
                 return
             except KanidmError as exc:
                 attempt += 1
+                self._mark_failures += 1
                 now = self._clock()
-                if attempt == 1 or now - self._mark_logged_at >= self._settings.log_interval:
+                # One line per incident, not per message: an outage with thousands of
+                # accepted mails waiting must not flood the log.
+                if now - self._mark_logged_at >= self._settings.log_interval:
                     self._mark_logged_at = now
                     log.warning("kanidm.mark_failed", message_id=str(message_id),
                                 error=str(exc), attempts=attempt,
-                                note="the mail is not sent again; only the mark is retried")
+                                note="the mail is not sent again; only the mark is retried; "
+                                "more failures are logged at most every "
+                                f"{self._settings.log_interval:g} s")
                 if self._stopping.is_set():
                     return
                 delay = backoff_delay(attempt, initial=self._settings.mark_retry_initial,
@@ -454,4 +460,8 @@ class Engine:
                 continue
             self.metrics.marked_sent.inc()
             log.info("message.marked_sent", message_id=str(message_id))
+            if self._mark_failures:
+                log.info("kanidm.mark_recovered", failures=self._mark_failures)
+                self._mark_failures = 0
+                self._mark_logged_at = -1e18
             return

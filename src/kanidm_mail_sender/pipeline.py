@@ -124,6 +124,7 @@ class MarkPipeline:
             "Content-Length: 4\r\n\r\nnull"
         ).encode("latin-1")
         self._queue: deque[_Pending] = deque()
+        self._in_flight: list[_Pending] = []
         self._wake = asyncio.Event()
         self._driver: asyncio.Task[None] | None = None
         self._connection: _Connection | None = None
@@ -151,7 +152,7 @@ class MarkPipeline:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._driver
         self._drop()
-        self._fail(list(self._queue), "the client is closed")
+        self._fail([*self._in_flight, *self._queue], "the client is closed")
         self._queue.clear()
 
     async def _drive(self) -> None:
@@ -166,7 +167,13 @@ class MarkPipeline:
                 if not pending.future.done():  # its caller may have given up (shutdown)
                     batch.append(pending)
             if batch:
-                await self._exchange(batch)
+                self._in_flight = batch
+                try:
+                    await self._exchange(batch)
+                except Exception as exc:  # a bug here must not leave callers waiting forever
+                    self._drop()
+                    self._fail(batch, f"unexpected error ({exc!r})")
+                self._in_flight = []
 
     async def _exchange(self, batch: list[_Pending]) -> None:
         answered, reused = 0, False
