@@ -1,7 +1,9 @@
 """A minimal implicit-TLS SMTP sink for benchmarks: accepts everything, stores nothing.
 
 aiosmtpd costs more CPU per message than the client under test, so it would measure itself;
-this sink does the least an SMTP server can. Usage: sink.py CERT KEY PORTFILE
+this sink does the least an SMTP server can. Usage: sink.py CERT KEY PORTFILE [DELAY_MS]
+
+DELAY_MS holds back every reply, like a relay across a network instead of on loopback.
 """
 
 from __future__ import annotations
@@ -12,30 +14,37 @@ import ssl
 import sys
 
 COUNT = 0
+DELAY = 0.0
+
+
+async def reply(writer: asyncio.StreamWriter, data: bytes) -> None:
+    if DELAY:
+        await asyncio.sleep(DELAY)
+    writer.write(data)
+    await writer.drain()
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     global COUNT
-    writer.write(b"220 sink ESMTP\r\n")
     try:
+        await reply(writer, b"220 sink ESMTP\r\n")
         while True:
             line = await reader.readline()
             if not line:
                 break
             verb = line[:4].upper()
             if verb == b"EHLO":
-                writer.write(b"250-sink\r\n250-8BITMIME\r\n250 SIZE 10485760\r\n")
+                await reply(writer, b"250-sink\r\n250-8BITMIME\r\n250 SIZE 10485760\r\n")
             elif verb == b"DATA":
-                writer.write(b"354 go ahead\r\n")
+                await reply(writer, b"354 go ahead\r\n")
                 await reader.readuntil(b"\r\n.\r\n")
                 COUNT += 1
-                writer.write(b"250 2.0.0 queued\r\n")
+                await reply(writer, b"250 2.0.0 queued\r\n")
             elif verb == b"QUIT":
-                writer.write(b"221 bye\r\n")
+                await reply(writer, b"221 bye\r\n")
                 break
             else:
-                writer.write(b"250 ok\r\n")
-            await writer.drain()
+                await reply(writer, b"250 ok\r\n")
     except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
         pass
     finally:
@@ -43,7 +52,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
 
 async def main() -> None:
+    global DELAY
     cert, key, port_file = sys.argv[1:4]
+    DELAY = float(sys.argv[4]) / 1000 if len(sys.argv) > 4 else 0.0
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)

@@ -124,11 +124,12 @@ class Bench:
             return
         raise RuntimeError("haproxy did not start listening")
 
-    async def start_python_sink(self) -> None:
-        port_file = self.work / "sink.port"
+    async def start_python_sink(self, delay_ms: float = 0) -> None:
+        port_file = self.work / f"sink-{delay_ms:g}.port"
         self.sinks.append(await asyncio.create_subprocess_exec(
             sys.executable, str(HERE / "sink.py"), str(self.certs.cert_path),
-            str(self.certs.key_path), str(port_file), stdout=asyncio.subprocess.DEVNULL))
+            str(self.certs.key_path), str(port_file), str(delay_ms),
+            stdout=asyncio.subprocess.DEVNULL))
         while not port_file.exists() or not port_file.read_text():
             await asyncio.sleep(0.05)
         self.sink_port = int(port_file.read_text())
@@ -269,6 +270,19 @@ def row(name: str, n: int, r: dict[str, float]) -> None:
           f"{r['kanidm_per_1k']:>9.2f} {r['sink_per_1k']:>7.2f}", flush=True)
 
 
+async def network(bench: Bench, delay_ms: float, n: int) -> None:
+    """The same comparison against a relay that answers each command after ``delay_ms``."""
+    loopback_port = bench.sink_port
+    await bench.start_python_sink(delay_ms)
+    print(f"\nrelay {delay_ms:g} ms away (bench/sink.py holds back each reply {delay_ms:g} ms):")
+    pooled = await bench.run_daemon(f"net-pooled-{delay_ms:g}", n)
+    row("daemon (default: 4 connections)", n, pooled)
+    single = await bench.run_daemon(f"net-single-{delay_ms:g}", n, mail_max_connections=1)
+    row("(a) daemon, mail_max_connections = 1", n, single)
+    print(f"daemon / (a) sequential path = {pooled['rate'] / single['rate']:.2f}x")
+    bench.sink_port = loopback_port
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1000,10000,100000")
@@ -277,6 +291,10 @@ async def main() -> None:
     parser.add_argument("--profile", type=Path, help="write each daemon run's cProfile here")
     parser.add_argument("--sink", choices=["auto", "haproxy", "python"], default="auto",
                         help="auto: haproxy + smtp-sink when installed, else bench/sink.py")
+    parser.add_argument("--network-delay-ms", type=float, default=1.0,
+                        help="also compare 4 connections and 1 against bench/sink.py holding "
+                        "back each reply this long, as a relay across a network (0: skip)")
+    parser.add_argument("--network-size", type=int, default=3000)
     parser.add_argument("--only-daemon", action="store_true",
                         help="skip the comparison runs and the idle figures")
     args = parser.parse_args()
@@ -310,6 +328,8 @@ async def main() -> None:
             print(f"\ndaemon / (a) sequential path = {rate / seq['rate']:.2f}x   "
                   f"daemon / (b) raw ceiling = {rate / raw['rate'] * 100:.0f} %   "
                   f"daemon / (c) upstream-like = {rate / upstream['rate']:.2f}x")
+            if args.network_delay_ms:
+                await network(bench, args.network_delay_ms, args.network_size)
             idle = await bench.idle(args.idle_seconds)
             print(f"\nidle, empty queue, default schedule, {args.idle_seconds:.0f} s: "
                   f"CPU {idle['cpu_percent']:.2f} %  RSS {idle['rss_mb']:.1f} MB")
