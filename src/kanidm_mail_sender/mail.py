@@ -126,7 +126,11 @@ def build_message(
 def _stdlib_message(
     rendered: RenderedMail, identity: MailIdentity, destination: str, date: str, header_id: str
 ) -> bytes:
-    msg = EmailMessage(policy=_POLICY)
+    # A non-ASCII address travels with SMTPUTF8, so its headers are raw UTF-8 (RFC 6532);
+    # encoded words are not allowed inside an address.
+    eai = not (destination.isascii() and identity.from_address.isascii())
+    policy = _POLICY.clone(utf8=True) if eai else _POLICY
+    msg = EmailMessage(policy=policy)
     msg["From"] = _mailbox(identity.display_name, identity.from_address)
     msg["Reply-To"] = _mailbox(identity.display_name, identity.reply_to_address)
     msg["To"] = destination
@@ -139,4 +143,4 @@ def _stdlib_message(
         for part in msg.iter_parts():
             # The stdlib repeats MIME-Version on sub-parts; only the top level should carry it.
             del part["MIME-Version"]
-    return msg.as_bytes(policy=_POLICY)
+    return msg.as_bytes(policy=policy)
