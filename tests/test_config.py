@@ -49,6 +49,7 @@ def test_defaults_match_upstream(tmp_path: Path) -> None:
     assert config.mail_connect_timeout_seconds == 15
     assert config.mail_max_connections == 4
     assert config.shutdown_grace_seconds == 10
+    assert config.http_pipelining is True
     assert config.credentials() is None
     assert loaded.warnings == []
     relay = config.relay
@@ -73,6 +74,7 @@ def test_defaults_match_upstream(tmp_path: Path) -> None:
         ({"mail_connect_timeout_seconds": 0}, "mail_connect_timeout_seconds", "greater"),
         ({"mail_max_connections": 0}, "mail_max_connections", "greater"),
         ({"log_format": "xml"}, "log_format", "'text' or 'json'"),
+        ({"http_pipelining": "no"}, "http_pipelining", "valid boolean"),
         ({"metrics_listen": "localhost"}, "metrics_listen", "host:port"),
         ({"retry_initial_seconds": 100, "retry_max_seconds": 10}, "(file)", "retry_max_seconds"),
     ],
