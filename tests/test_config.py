@@ -60,6 +60,7 @@ def test_defaults_match_upstream(tmp_path: Path) -> None:
     ("changes", "key", "fragment"),
     [
         ({"token": None}, "token", "missing"),
+        ({"token": "abc\r\nX-Forged: 1"}, "token", "one line"),
         ({"instance_url": "idm.example.com"}, "instance_url", "absolute URL"),
         ({"mail_relay": "relay.example.com"}, "mail_relay", "smtp://"),
         ({"mail_relay": "http://relay.example.com"}, "mail_relay", "not http://"),

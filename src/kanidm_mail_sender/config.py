@@ -131,6 +131,15 @@ class MailSenderConfig(BaseModel):
         parse_schedule(value)
         return value
 
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        # It goes into an HTTP header as is: a line break there would forge headers.
+        if not text or not text.isascii() or not text.isprintable() or " " in text:
+            raise ValueError("must be the API token on one line: printable ASCII, no spaces")
+        return value
+
     @field_validator("instance_display_name")
     @classmethod
     def _display_name(cls, value: str) -> str:
