@@ -309,8 +309,8 @@ async def main() -> None:
             print(f"{'run':<40} {'msgs':>7} {'msg/s':>7} {'CPU s/1k':>9} {'peak MB':>9} "
                   f"{'Kanidm':>9} {'sink':>7}")
             results = {}
-            for n in (int(x) for x in args.sizes.split(",")):
-                results[n] = await bench.run_daemon(f"daemon-{n}", n)
+            for i, n in enumerate(int(x) for x in args.sizes.split(",")):
+                results[n] = await bench.run_daemon(f"daemon-{i}-{n}", n)
                 row("daemon (default: 4 connections)", n, results[n])
             if args.only_daemon:
                 return

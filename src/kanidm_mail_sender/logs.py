@@ -6,12 +6,13 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["TextRenderer", "configure_logging", "redact_secrets"]
+__all__ = ["TextRenderer", "Timestamp", "configure_logging", "redact_secrets"]
 
 _SECRET_KEYS = frozenset({"token", "password", "mail_password", "authorization", "secret"})
 
@@ -23,6 +24,26 @@ def redact_secrets(
     for key in event_dict.keys() & _SECRET_KEYS:
         event_dict[key] = "[redacted]"
     return event_dict
+
+
+class Timestamp:
+    """ISO 8601 UTC time with microseconds; the date part is formatted once per second
+    (structlog's TimeStamper builds a datetime for every event)."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, _logger: Any, _method: str,
+                 event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        """Add ``timestamp`` to the event."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                               time.gmtime(second))
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event_dict
 
 
 _BARE = re.compile(r'[^\s"=\\]+')
@@ -60,9 +81,8 @@ def configure_logging(*, debug: bool, json: bool, stream: TextIO | None = None) 
     )
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            Timestamp(),
             redact_secrets,
             structlog.processors.format_exc_info,
             renderer,
