@@ -77,6 +77,29 @@ class EngineSettings:
 
 
 @dataclass(slots=True)
+class _Incident:
+    """A run of failures of one kind: counted, logged on the first and then at most once per
+    ``interval`` seconds, so an outage cannot flood the log."""
+
+    interval: float
+    failures: int = 0
+    logged_at: float = -1e18
+
+    def failed(self, now: float) -> bool:
+        """Count one failure; True when this one should be logged."""
+        self.failures += 1
+        if now - self.logged_at < self.interval:
+            return False
+        self.logged_at = now
+        return True
+
+    def ended(self) -> int:
+        """Close the incident; returns how many failures it had (0: there was none)."""
+        failures, self.failures, self.logged_at = self.failures, 0, -1e18
+        return failures
+
+
+@dataclass(slots=True)
 class _Job:
     message: QueuedMessage
     plan: Plan
@@ -117,11 +140,9 @@ class Engine:
         self.fatal_event = asyncio.Event()
         self._relay_failures = 0
         self._relay_paused_until = 0.0
-        self._list_failures = 0
         self._list_retry_at = 0.0
-        self._list_logged_at = -1e18
-        self._mark_logged_at = -1e18
-        self._mark_failures = 0
+        self._list_incident = _Incident(settings.log_interval)
+        self._mark_incident = _Incident(settings.log_interval)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -218,21 +239,20 @@ class Engine:
 
     def _list_failed(self, exc: KanidmError) -> None:
         self.metrics.poll_ok = False
-        self._list_failures += 1
-        delay = backoff_delay(self._list_failures, initial=self._settings.list_retry_initial,
-                              maximum=self._settings.list_retry_max)
         now = self._clock()
+        incident = self._list_incident
+        log_it = incident.failed(now)
+        delay = backoff_delay(incident.failures, initial=self._settings.list_retry_initial,
+                              maximum=self._settings.list_retry_max)
         self._list_retry_at = now + delay
-        if now - self._list_logged_at >= self._settings.log_interval or self._list_failures == 1:
-            self._list_logged_at = now
-            log.error("kanidm.list_failed", error=str(exc), failures=self._list_failures,
+        if log_it:
+            log.error("kanidm.list_failed", error=str(exc), failures=incident.failures,
                       retry_in_seconds=round(delay, 1))
 
     def _list_succeeded(self, count: int, oldest: datetime | None) -> None:
-        if self._list_failures:
-            log.info("kanidm.list_recovered", failures=self._list_failures)
-        self._list_failures = 0
-        self._list_logged_at = -1e18
+        failures = self._list_incident.ended()
+        if failures:
+            log.info("kanidm.list_recovered", failures=failures)
         now = self._clock()
         self.metrics.poll_ok = True
         self.metrics.queue_size.set(count)
@@ -439,12 +459,9 @@ class Engine:
                 return
             except KanidmError as exc:
                 attempt += 1
-                self._mark_failures += 1
-                now = self._clock()
                 # One line per incident, not per message: an outage with thousands of
                 # accepted mails waiting must not flood the log.
-                if now - self._mark_logged_at >= self._settings.log_interval:
-                    self._mark_logged_at = now
+                if self._mark_incident.failed(self._clock()):
                     log.warning("kanidm.mark_failed", message_id=str(message_id),
                                 error=str(exc), attempts=attempt,
                                 note="the mail is not sent again; only the mark is retried; "
@@ -460,8 +477,7 @@ class Engine:
                 continue
             self.metrics.marked_sent.inc()
             log.info("message.marked_sent", message_id=str(message_id))
-            if self._mark_failures:
-                log.info("kanidm.mark_recovered", failures=self._mark_failures)
-                self._mark_failures = 0
-                self._mark_logged_at = -1e18
+            failures = self._mark_incident.ended()
+            if failures:
+                log.info("kanidm.mark_recovered", failures=failures)
             return
