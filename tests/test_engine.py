@@ -209,6 +209,7 @@ async def test_mark_sent_5xx_is_retried_without_resending(
     message = kanidm.queue_test_message("a@example.com")
     kanidm.faults.mark_statuses = [500, 503]
     harness = harness_factory(http_pipelining=pipelining)
+    assert harness.client.pipelined is pipelining
     await harness.cycle()
     assert len(relay.mails) == 1
     assert kanidm.mark_calls[message] == 3

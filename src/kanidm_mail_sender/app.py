@@ -233,15 +233,16 @@ async def run_main(configs: Configs, *, environ: Mapping[str, str]) -> None:
     renderer = make_renderer(config)
     journal = Journal(resolve_state_dir(config, environ))
     metrics = Metrics()
+    kanidm = make_kanidm(configs)
     settings = EngineSettings(
         send_workers=config.mail_max_connections,
-        # With pipelining, each waiting mark is a few hundred bytes in the next batch.
-        mark_workers=64 if config.http_pipelining else max(8, config.mail_max_connections * 2),
+        # Pipelined, a waiting mark is a few hundred bytes in the next batch; through httpx,
+        # each one holds a pooled connection.
+        mark_workers=64 if kanidm.pipelined else max(8, config.mail_max_connections * 2),
         retry_initial=config.retry_initial_seconds,
         retry_max=config.retry_max_seconds,
         relay_probe_interval=120.0 if config.metrics_listen else None,
     )
-    kanidm = make_kanidm(configs)
     relay = make_relay(config)
     engine = Engine(source=kanidm, transport=relay, journal=journal, renderer=renderer,
                     identity=_identity(config), settings=settings, metrics=metrics)

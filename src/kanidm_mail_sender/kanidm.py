@@ -110,6 +110,11 @@ class KanidmClient:
         self._http = http
         self._marker = marker
 
+    @property
+    def pipelined(self) -> bool:
+        """Whether marks go through the pipeline rather than one httpx request each."""
+        return self._marker is not None
+
     async def ready(self) -> AsyncIterator[Any]:
         """Yield each resource of the ready list as it is parsed off the wire."""
         parser = ReadyListParser()
