@@ -19,7 +19,7 @@ from urllib.request import getproxies_environment, proxy_bypass
 from uuid import UUID
 
 from kanidm_mail_sender.config import ClientConfig
-from kanidm_mail_sender.errors import KanidmResponseError, KanidmUnavailable
+from kanidm_mail_sender.errors import KanidmError, KanidmResponseError, KanidmUnavailable
 from kanidm_mail_sender.kanidm import USER_AGENT, sent_path, status_error, tls_context
 
 __all__ = ["MarkPipeline", "build_mark_pipeline", "proxied"]
@@ -66,8 +66,8 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         body += (await reader.readexactly(size + 2))[:-2]
 
 
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
-    """Read one HTTP/1.x response; returns status, body and whether the server will close."""
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """One HTTP/1.x response: status, body, and whether the server closes after it."""
     while True:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -183,7 +183,7 @@ class MarkPipeline:
                 b"POST " + sent_path(p.message_id).encode() + self._headers for p in batch))
             for pending in batch:
                 async with asyncio.timeout(self._timeout):
-                    status, body, closing = await read_response(connection.reader)
+                    status, body, closing = await _read_response(connection.reader)
                 answered += 1
                 if not pending.future.done():
                     pending.future.set_result((status, body))
@@ -197,11 +197,8 @@ class MarkPipeline:
             self._fail(batch[answered:], f"Kanidm did not answer within {self._timeout:g} s")
         except _Malformed as exc:
             self._drop()
-            error = KanidmResponseError(f"marking messages sent: Kanidm's answer is not "
-                                        f"HTTP/1.1 ({exc})")
-            for pending in batch[answered:]:
-                if not pending.future.done():
-                    pending.future.set_exception(error)
+            self._fail(batch[answered:], f"Kanidm's answer is not HTTP/1.1 ({exc})",
+                       KanidmResponseError)
         except (OSError, ssl.SSLError, EOFError, asyncio.IncompleteReadError) as exc:
             self._drop()
             rest = batch[answered:]
@@ -237,11 +234,12 @@ class MarkPipeline:
             self._connection = None
 
     @staticmethod
-    def _fail(pendings: list[_Pending], reason: str) -> None:
+    def _fail(pendings: list[_Pending], reason: str,
+              kind: type[KanidmError] = KanidmUnavailable) -> None:
         for pending in pendings:
             if not pending.future.done():
-                pending.future.set_exception(KanidmUnavailable(
-                    f"marking message {pending.message_id} sent: {reason}"))
+                pending.future.set_exception(
+                    kind(f"marking message {pending.message_id} sent: {reason}"))
 
 
 def proxied(base_url: str) -> bool:
