@@ -83,16 +83,43 @@ async def _write_response(writer: asyncio.StreamWriter, response: Response) -> N
 class HttpServer:
     """A listening server; ``close()`` also ends the open keep-alive connections."""
 
-    def __init__(self, server: asyncio.Server, tasks: set[asyncio.Task[None]],
-                 accepted: list[int]) -> None:
-        self._server = server
-        self._tasks = tasks
-        self._accepted = accepted
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.connections_accepted = 0
 
-    @property
-    def connections_accepted(self) -> int:
-        """How many connections were accepted so far."""
-        return self._accepted[0]
+    async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
+        """Start accepting connections."""
+        self._server = await asyncio.start_server(self._connection, host, port, ssl=ssl_context)
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections_accepted += 1
+        try:
+            while True:
+                request = await _read_request(reader)
+                if request is None:
+                    break
+                try:
+                    response = await self._handler(request)
+                except Exception as exc:  # a broken stand-in must not kill the listener
+                    response = Response(500, repr(exc).encode(), "text/plain")
+                await _write_response(writer, response)
+                if request.headers.get("connection", "").lower() == "close":
+                    break
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError,
+                asyncio.CancelledError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError, ssl.SSLError, OSError,
+                                     asyncio.CancelledError):
+                await writer.wait_closed()
 
     async def drop_connections(self) -> None:
         """End every open connection but keep listening (a keep-alive timeout, for tests)."""
@@ -103,10 +130,12 @@ class HttpServer:
     @property
     def port(self) -> int:
         """The bound port."""
+        assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
         """Stop listening and cancel every connection."""
+        assert self._server is not None
         self._server.close()
         await self.drop_connections()
         await self._server.wait_closed()
@@ -116,35 +145,6 @@ async def serve(
     handler: Handler, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
 ) -> HttpServer:
     """Start serving ``handler`` on host:port (0 picks a free port)."""
-    tasks: set[asyncio.Task[None]] = set()
-    accepted = [0]
-
-    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
-        accepted[0] += 1
-        try:
-            while True:
-                request = await _read_request(reader)
-                if request is None:
-                    break
-                try:
-                    response = await handler(request)
-                except Exception as exc:  # a broken stand-in must not kill the listener
-                    response = Response(500, repr(exc).encode(), "text/plain")
-                await _write_response(writer, response)
-                if request.headers.get("connection", "").lower() == "close":
-                    break
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError,
-                asyncio.CancelledError):
-            pass
-        finally:
-            tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError, OSError,
-                                     asyncio.CancelledError):
-                await writer.wait_closed()
-
-    server = await asyncio.start_server(connection, host, port, ssl=ssl_context)
-    return HttpServer(server, tasks, accepted)
+    server = HttpServer(handler)
+    await server.listen(host, port, ssl_context)
+    return server
