@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import shutil
@@ -44,16 +45,10 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def peak_rss_mb(pid: int) -> float:
+def status_mb(pid: int, field: str) -> float:
+    """A memory figure of /proc/PID/status in MB: VmRSS now, or VmHWM (the peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -182,22 +177,34 @@ class Bench:
         client, mail = self.configs(name, schedule="* * * * * *", **extra)
         calls = self.kanidm.list_calls
         proc = await self.daemon(client, mail)
-        while self.kanidm.list_calls == calls:
-            await asyncio.sleep(0.005)
-        started, cpu0 = time.perf_counter(), cpu_seconds(proc.pid)
-        peers0 = self.peers_cpu()
-        while self.kanidm.unsent_count() > 0:
-            await asyncio.sleep(0.02)
-        elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(proc.pid) - cpu0
-        kanidm_cpu, sink_cpu = (b - a for a, b in zip(peers0, self.peers_cpu(), strict=True))
-        peak = peak_rss_mb(proc.pid)
+        result = await self.measure(proc, n, calls)
+        result["peak_mb"] = status_mb(proc.pid, "VmHWM")
         proc.send_signal(signal.SIGTERM)
         await proc.wait()
         assert max(self.kanidm.mark_calls.values()) == 1
-        return {"rate": n / elapsed, "cpu_per_1k": cpu / n * 1000, "peak_mb": peak,
-                "seconds": elapsed, "kanidm_per_1k": kanidm_cpu / n * 1000,
-                "sink_per_1k": sink_cpu / n * 1000}
+        return result
+
+    async def measure(self, proc: asyncio.subprocess.Process, n: int,
+                      calls: int) -> dict[str, float]:
+        """From ``proc``'s first list call until every message is marked: messages per second,
+        and CPU seconds per 1,000 messages of ``proc`` and of both peers."""
+        while self.kanidm.list_calls == calls:  # start-up is not measured
+            await asyncio.sleep(0.005)
+        started, cpu0, peers0 = time.perf_counter(), cpu_seconds(proc.pid), self.peers_cpu()
+        cpu = cpu0
+        while self.kanidm.unsent_count() > 0:
+            if proc.returncode is not None:
+                raise RuntimeError(f"the client exited ({proc.returncode}) before the end")
+            with contextlib.suppress(OSError):  # the raw client exits after its last mark
+                cpu = cpu_seconds(proc.pid)
+            await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        with contextlib.suppress(OSError):
+            cpu = cpu_seconds(proc.pid)
+        kanidm_cpu, sink_cpu = (b - a for a, b in zip(peers0, self.peers_cpu(), strict=True))
+        per_1k = 1000 / n
+        return {"rate": n / elapsed, "seconds": elapsed, "cpu_per_1k": (cpu - cpu0) * per_1k,
+                "kanidm_per_1k": kanidm_cpu * per_1k, "sink_per_1k": sink_cpu * per_1k}
 
     def peers_cpu(self) -> tuple[float, float]:
         """CPU seconds so far of the Kanidm stand-in (this process) and of the sink."""
@@ -209,25 +216,9 @@ class Bench:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(HERE / "raw_client.py"), self.kanidm.url, TOKEN,
             str(self.certs.ca_path), str(self.sink_port), str(concurrency))
-        while self.kanidm.list_calls == calls:  # as for the daemon: start-up is not measured
-            await asyncio.sleep(0.005)
-        started, cpu0 = time.perf_counter(), cpu_seconds(proc.pid)
-        peers0 = self.peers_cpu()
-        cpu = 0.0
-        while proc.returncode is None:
-            try:
-                cpu = cpu_seconds(proc.pid)
-            except OSError:
-                break
-            await asyncio.sleep(0.02)
-            if self.kanidm.unsent_count() == 0:
-                break
-        elapsed = time.perf_counter() - started
-        kanidm_cpu, sink_cpu = (b - a for a, b in zip(peers0, self.peers_cpu(), strict=True))
+        result = await self.measure(proc, n, calls)
         await proc.wait()
-        assert self.kanidm.unsent_count() == 0
-        return {"rate": n / elapsed, "cpu_per_1k": (cpu - cpu0) / n * 1000, "seconds": elapsed,
-                "kanidm_per_1k": kanidm_cpu / n * 1000, "sink_per_1k": sink_cpu / n * 1000}
+        return result
 
     async def idle(self, seconds: float) -> dict[str, float]:
         self.queue(0)
@@ -237,7 +228,7 @@ class Bench:
         cpu0 = cpu_seconds(proc.pid)
         await asyncio.sleep(seconds)
         cpu = cpu_seconds(proc.pid) - cpu0
-        rss = rss_mb(proc.pid)
+        rss = status_mb(proc.pid, "VmRSS")
         calls = self.kanidm.list_calls
         # Latency: a message becomes ready; measure until the relay accepted it (bounded
         # above by the mark-sent, which only follows acceptance) minus the schedule's wait.
