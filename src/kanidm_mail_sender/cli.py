@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         if args.check:
             ok = _run(run_check(args.client_config, args.mail_sender_config,
-                                       environ=env, ids=ids, out=sys.stdout))
+                                environ=env, ids=ids, out=sys.stdout))
             return EXIT_OK if ok else EXIT_SEND_FAILED
         if args.render is None:
             for warning in check_not_root(ids, skip=args.skip_root_check):
