@@ -135,7 +135,9 @@ async def harness_factory(
                         settings=settings or EngineSettings(
                             send_workers=config.mail_max_connections, retry_initial=30,
                             mark_retry_initial=0.05, mark_retry_max=0.2,
-                            list_retry_initial=0.01, list_retry_max=0.01),
+                            list_retry_initial=0.01, list_retry_max=0.01,
+                            relay_pause_initial=0.05, relay_pause_max=0.2,
+                            throttle_initial=0.05, throttle_max=0.2),
                         clock=clock or time.time)
         engine.start()
         harness = Harness(engine, journal, client, smtp)

@@ -12,7 +12,13 @@ from uuid import uuid4
 import pytest
 
 from kanidm_mail_sender.config import parse_relay_url
-from kanidm_mail_sender.errors import DeliveryDeferred, DeliveryRejected, RelayMisconfigured
+from kanidm_mail_sender.errors import (
+    DeliveryDeferred,
+    DeliveryRejected,
+    RelayMisconfigured,
+    RelayThrottled,
+    RelayUnavailable,
+)
 from kanidm_mail_sender.mail import Envelope, MailIdentity, build_message
 from kanidm_mail_sender.messages import TestMessageV1
 from kanidm_mail_sender.relay import SmtpRelay, build_tls_context
@@ -116,7 +122,8 @@ async def test_unknown_ca_is_rejected(mode: str, relay_factory: RelayFactory,
 @pytest.mark.parametrize(
     ("reply", "error"),
     [("550 5.1.1 no such user", DeliveryRejected), ("451 4.3.0 try later", DeliveryDeferred),
-     ("421 4.7.0 closing", DeliveryDeferred)],
+     ("421 4.7.0 closing", RelayUnavailable), ("450 4.7.1 rate limit exceeded", RelayThrottled),
+     ("452 4.7.1 slow down", RelayThrottled)],
 )
 async def test_recipient_replies_are_classified(relay: SmtpStandIn, certs: Certs, reply: str,
                                                 error: type[Exception]) -> None:

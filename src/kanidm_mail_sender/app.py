@@ -24,14 +24,16 @@ from kanidm_mail_sender.config import (
     split_listen,
 )
 from kanidm_mail_sender.daemon import run_daemon
-from kanidm_mail_sender.engine import Engine, EngineSettings
+from kanidm_mail_sender.engine import CANCEL_DEADLINE, Engine, EngineSettings
 from kanidm_mail_sender.errors import (
     MailSenderError,
     RelayError,
     ScheduleError,
 )
+from kanidm_mail_sender.httpserver import HttpServer
 from kanidm_mail_sender.journal import Journal
 from kanidm_mail_sender.kanidm import KanidmClient, build_http_client
+from kanidm_mail_sender.limits import raise_open_files_limit
 from kanidm_mail_sender.mail import MailIdentity, build_message
 from kanidm_mail_sender.messages import TestMessageV1
 from kanidm_mail_sender.metrics import Metrics, start_metrics_server
@@ -41,7 +43,7 @@ from kanidm_mail_sender.relay import SmtpRelay, build_tls_context
 from kanidm_mail_sender.render import SAMPLE_MESSAGE_ID, Renderer, sample_template
 from kanidm_mail_sender.schedule import Schedule, parse_schedule
 from kanidm_mail_sender.sdnotify import Notifier
-from kanidm_mail_sender.signals import handle_signals
+from kanidm_mail_sender.signals import HardExit, handle_signals
 
 __all__ = [
     "TEST_DISPLAY_NAME",
@@ -226,19 +228,18 @@ async def run_check(client_path: Path, mail_path: Path, *, environ: Mapping[str,
     return ok
 
 
-async def run_main(configs: Configs, *, environ: Mapping[str, str]) -> None:
+async def run_main(configs: Configs, *, environ: Mapping[str, str],
+                   hard_exit: HardExit | None = None) -> None:
     """Run the daemon until a stop signal; raises on fatal errors."""
     config = configs.mail
     schedule = _schedule(config)
     renderer = make_renderer(config)
+    raise_open_files_limit()
     journal = Journal(resolve_state_dir(config, environ))
     metrics = Metrics()
     kanidm = make_kanidm(configs)
     settings = EngineSettings(
         send_workers=config.mail_max_connections,
-        # Pipelined, a waiting mark is a few hundred bytes in the next batch; through httpx,
-        # each one holds a pooled connection.
-        mark_workers=64 if kanidm.pipelined else max(8, config.mail_max_connections * 2),
         retry_initial=config.retry_initial_seconds,
         retry_max=config.retry_max_seconds,
         relay_probe_interval=120.0 if config.metrics_listen else None,
@@ -248,25 +249,34 @@ async def run_main(configs: Configs, *, environ: Mapping[str, str]) -> None:
                     identity=_identity(config), settings=settings, metrics=metrics)
     server = None
     stop = asyncio.Event()
+    on_repeat = hard_exit.force if hard_exit is not None else None
     try:
-        if config.metrics_listen:
-            host, port = split_listen(config.metrics_listen)
-            server = await start_metrics_server(metrics, host, port)
-            log.info("metrics.listening", address=config.metrics_listen)
-        log.info("daemon.started", kanidm=configs.client.base_url,
-                 relay=config.relay.describe(), schedule=config.schedule,
-                 state_dir=str(journal.state_dir))
-        with handle_signals(stop) as received:
+        with handle_signals(stop, on_repeat) as received:
+            if config.metrics_listen:
+                host, port = split_listen(config.metrics_listen)
+                server = await start_metrics_server(metrics, host, port)
+                log.info("metrics.listening", address=config.metrics_listen)
+            log.info("daemon.started", kanidm=configs.client.base_url,
+                     relay=config.relay.describe(), schedule=config.schedule,
+                     state_dir=str(journal.state_dir))
             await run_daemon(engine, schedule, stop, journal=journal,
                              grace=config.shutdown_grace_seconds,
-                             notifier=Notifier(environ))
-        if received:
-            log.info("daemon.stopped", signal=received[0])
+                             notifier=Notifier(environ), hard_exit=hard_exit)
+            if received:
+                log.info("daemon.stopped", signal=received[0])
+            await _close(server, relay, kanidm)
     finally:
-        if server is not None:
-            await server.close()
-        await relay.close()
-        await kanidm.aclose()
-        journal.close()
+        journal.close(wait=engine.fatal is None)
     if engine.fatal is not None:
         raise engine.fatal
+
+
+async def _close(server: HttpServer | None, relay: SmtpRelay, kanidm: KanidmClient) -> None:
+    """Close the listener and both clients, all within one bound."""
+    closers = [relay.close(), kanidm.aclose()]
+    if server is not None:
+        closers.append(server.close())
+    tasks = [asyncio.ensure_future(closer) for closer in closers]
+    _, pending = await asyncio.wait(tasks, timeout=CANCEL_DEADLINE)
+    for task in pending:
+        task.cancel()

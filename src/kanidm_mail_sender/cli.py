@@ -35,6 +35,7 @@ from kanidm_mail_sender.errors import (
 from kanidm_mail_sender.logs import configure_logging
 from kanidm_mail_sender.messages import TEMPLATE_KINDS
 from kanidm_mail_sender.preflight import Identity, check_not_root
+from kanidm_mail_sender.signals import HardExit
 
 __all__ = ["EXIT_CONFIG", "EXIT_FATAL", "EXIT_OK", "main"]
 
@@ -95,14 +96,39 @@ def _json_logs(environ: Mapping[str, str], configured: str | None) -> bool:
 T = TypeVar("T")
 
 
-def _run(main: Coroutine[Any, Any, T]) -> T:
-    """Run ``main`` on uvloop when it is installed, else on asyncio's own loop."""
+_LEFTOVER_DEADLINE = 1.0
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop has no Windows build
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop when it is installed, else on asyncio's own loop.
+
+    Unlike ``asyncio.run``, tasks left over at the end get a bounded time to finish: one that
+    swallows its cancellation must not keep the process alive.
+    """
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            if leftovers:
+                loop.run_until_complete(asyncio.wait(leftovers, timeout=_LEFTOVER_DEADLINE))
+            ender = loop.create_task(loop.shutdown_asyncgens())
+            loop.run_until_complete(asyncio.wait([ender], timeout=_LEFTOVER_DEADLINE))
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -134,7 +160,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return EXIT_OK
         if args.test_email is not None:
             return _test_mode(configs, args.test_email)
-        _run(run_main(configs, environ=env))
+        hard_exit = HardExit()
+        try:
+            _run(run_main(configs, environ=env, hard_exit=hard_exit))
+        finally:
+            hard_exit.disarm()
     except PreflightError as exc:
         log.error("preflight.refused", error=str(exc))
         return EXIT_ROOT

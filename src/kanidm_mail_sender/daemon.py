@@ -3,30 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from kanidm_mail_sender.engine import Engine
+from kanidm_mail_sender.engine import CANCEL_DEADLINE, CutOff, Engine
 from kanidm_mail_sender.errors import ScheduleError
 from kanidm_mail_sender.journal import Journal
 from kanidm_mail_sender.schedule import Schedule
 from kanidm_mail_sender.sdnotify import Notifier
+from kanidm_mail_sender.signals import HardExit
 
-__all__ = ["run_daemon"]
+__all__ = ["STOP_MARGIN", "run_daemon"]
 
 log = structlog.get_logger("kanidm_mail_sender.daemon")
 
 PRUNE_INTERVAL = 3600.0
+# A stop takes at most the grace period plus this; past it, HardExit ends the process.
+STOP_MARGIN = 2.0
 
 
-async def _wait(stop: asyncio.Event, fatal: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(fatal.wait())]
+async def _first(*events: asyncio.Event, within: float | None = None) -> None:
+    """Return when any event is set, or after ``within`` seconds."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
     try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()
@@ -38,6 +41,24 @@ async def _watchdog(notifier: Notifier, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+def _seconds(delta: timedelta) -> float:
+    return delta / timedelta(seconds=1)
+
+
+async def _poll(engine: Engine, ended: tuple[asyncio.Event, ...], feed: float | None) -> None:
+    """One poll, cut short by a stop or a fatal error."""
+    poll = asyncio.create_task(engine.poll(feed_seconds=feed), name="poll")
+    stopped = [asyncio.ensure_future(event.wait()) for event in ended]
+    await asyncio.wait([poll, *stopped], return_when=asyncio.FIRST_COMPLETED)
+    for waiter in stopped:
+        waiter.cancel()
+    if poll.done():
+        poll.result()  # a bug in a poll should surface, not vanish
+    else:
+        poll.cancel()
+        await asyncio.wait([poll], timeout=CANCEL_DEADLINE)
+
+
 async def run_daemon(
     engine: Engine,
     schedule: Schedule,
@@ -46,9 +67,11 @@ async def run_daemon(
     journal: Journal,
     grace: float,
     notifier: Notifier | None = None,
+    hard_exit: HardExit | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> None:
-    """Poll at every fire time until ``stop`` is set or the engine hits a fatal error."""
+) -> CutOff:
+    """Poll at every fire time until ``stop`` is set or the engine hits a fatal error; then
+    stop within ``grace`` seconds (plus :data:`STOP_MARGIN`, enforced by ``hard_exit``)."""
     notifier = notifier or Notifier({})
     engine.start()
     watchdog = (
@@ -59,39 +82,43 @@ async def run_daemon(
     notifier.ready(f"polling on schedule {schedule.expression!r}")
     last_prune = -PRUNE_INTERVAL
     last_fire: datetime | None = None
+    fire_at: datetime | None = None
+    ended = (stop, engine.fatal_event)
     try:
-        while not stop.is_set() and not engine.fatal_event.is_set():
-            current = now()
-            # Never fire twice for one instant, even if a poll ends within the same second.
-            after = max(current, last_fire) if last_fire else current
-            fire_at = schedule.next_after(after)
+        while not any(event.is_set() for event in ended):
             if fire_at is None:
-                raise ScheduleError(
-                    f"schedule {schedule.expression!r} has no fire time after "
-                    f"{after.isoformat()}; nothing would ever be sent, so the daemon stops"
-                )
-            await _wait(stop, engine.fatal_event, (fire_at - now()) / timedelta(seconds=1))
-            if stop.is_set() or engine.fatal_event.is_set():
-                break
+                current = now()
+                # Never fire twice for one instant, even if a poll ends within the second.
+                after = max(current, last_fire) if last_fire else current
+                fire_at = schedule.next_after(after)
+                if fire_at is None:
+                    raise ScheduleError(
+                        f"schedule {schedule.expression!r} has no fire time after "
+                        f"{after.isoformat()}; nothing would ever be sent, so the daemon stops"
+                    )
+                await _first(*ended, within=max(0.0, _seconds(fire_at - now())))
+                if any(event.is_set() for event in ended):
+                    break
             last_fire = fire_at
             if time.monotonic() - last_prune >= PRUNE_INTERVAL:
                 last_prune = time.monotonic()
                 pruned = journal.prune(time.time())
                 if pruned:
                     log.info("journal.pruned", rows=pruned)
-            poll = asyncio.create_task(engine.poll())
-            stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait([poll, stopped], return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            if poll.done():
-                poll.result()  # a bug in a poll should surface, not vanish
-            else:
-                poll.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poll
+            # A poll may feed a full send queue until the next fire time, no longer.
+            following = schedule.next_after(fire_at)
+            feed = None if following is None else max(0.0, _seconds(following - now()))
+            await _poll(engine, ended, feed)
+            # A poll that fed until the next fire time owes that fire time a poll at once.
+            fire_at = (following if following is not None and engine.dispatcher.overflowed
+                       and following <= now() else None)
     finally:
-        notifier.stopping()
-        log.info("daemon.stopping", grace_seconds=grace)
-        await engine.shutdown(grace)
+        engine.metrics.stopping = True
         if watchdog is not None:
             watchdog.cancel()
+        notifier.stopping()
+        if hard_exit is not None:
+            hard_exit.arm(grace + STOP_MARGIN, 1 if engine.fatal is not None else 0)
+        log.info("daemon.stopping", grace_seconds=grace, busy=engine.busy)
+        cut = await engine.shutdown(grace)
+    return cut

@@ -14,8 +14,11 @@ MailSenderError
 │   └── KanidmResponseError                  any other status, or an undecodable body
 └── RelayError                         talking to the SMTP relay failed
     ├── DeliveryDeferred               transient for this destination (4xx, timeout, lost link)
-    ├── DeliveryRejected               permanent for this destination (5xx)
-    └── RelayMisconfigured             relay-wide: authentication, TLS or STARTTLS problem
+    ├── DeliveryRejected               permanent for this destination (RCPT/DATA 5xx)
+    ├── LinkExpired                    the reset link expired before DATA: never mailed
+    ├── RelayThrottled                 the relay asks us to slow down (rate limits): all sends
+    └── RelayUnavailable               relay-wide: refused, 421, MAIL FROM refused; pause all
+        └── RelayMisconfigured         relay-wide and the operator must act: AUTH, TLS, STARTTLS
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ __all__ = [
     "KanidmNotFound",
     "KanidmResponseError",
     "KanidmUnavailable",
+    "LinkExpired",
     "MailSenderError",
     "PreflightError",
     "RelayError",
     "RelayMisconfigured",
+    "RelayThrottled",
+    "RelayUnavailable",
     "ScheduleError",
     "StateError",
     "TemplateError",
@@ -93,11 +99,17 @@ class KanidmNotFound(KanidmResponseError):
 
 
 class RelayError(MailSenderError):
-    """Relaying a mail through the SMTP server failed."""
+    """Relaying a mail through the SMTP server failed.
 
-    def __init__(self, message: str, *, code: int | None = None) -> None:
+    ``code`` is the SMTP reply code, if any; ``transport`` is true when the connection was
+    lost or timed out rather than answered.
+    """
+
+    def __init__(self, message: str, *, code: int | None = None,
+                 transport: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.transport = transport
 
 
 class DeliveryDeferred(RelayError):
@@ -108,5 +120,17 @@ class DeliveryRejected(RelayError):
     """A permanent refusal for one destination: never retried automatically."""
 
 
-class RelayMisconfigured(RelayError):
-    """A relay-wide problem (credentials, certificate, STARTTLS): pause all sending."""
+class LinkExpired(RelayError):
+    """The credential-reset link expired before its DATA went out; it is never mailed."""
+
+
+class RelayThrottled(RelayError):
+    """The relay refuses for rate reasons (4.7.x, "rate", "throttl"): slow all sending."""
+
+
+class RelayUnavailable(RelayError):
+    """A relay-wide condition (refused connection, 421, sender refused): pause all sending."""
+
+
+class RelayMisconfigured(RelayUnavailable):
+    """A relay-wide problem the operator must fix (credentials, certificate, STARTTLS)."""

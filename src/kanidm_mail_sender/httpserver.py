@@ -1,7 +1,10 @@
-"""A minimal HTTP/1.1 server on asyncio streams, for the metrics listener and test stand-ins.
+"""A small HTTP/1.1 server on h11 with a limit on everything, for the metrics listener and
+the test stand-ins.
 
-It understands exactly what those need: a request line, headers, an optional
-``Content-Length`` body, keep-alive, and responses with a fixed body or a chunked stream.
+h11 does the framing (request line, headers, Content-Length vs chunked, keep-alive); this
+module adds what a listener reachable by anyone needs: a cap on connections, a deadline for
+each request and for idle keep-alive, a bound on the request head and body, a deadline on
+writes to a client that does not read, 400 for malformed requests, and never a traceback.
 """
 
 from __future__ import annotations
@@ -12,11 +15,26 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-__all__ = ["HttpServer", "Request", "Response", "serve"]
+import h11
+import structlog
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+__all__ = ["HttpServer", "Limits", "Request", "Response", "serve"]
+
+log = structlog.get_logger("kanidm_mail_sender.httpserver")
+
+_READ_SIZE = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one listener allows."""
+
+    max_connections: int = 256
+    header_timeout: float = 10.0  # a new connection's first request, head and body
+    idle_timeout: float = 30.0  # a kept-alive connection's next request
+    write_timeout: float = 30.0
+    max_head: int = 16384
+    max_body: int = 1 << 20  # 0: any request body is refused with 413
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,89 +61,176 @@ class Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-async def _read_request(reader: asyncio.StreamReader) -> Request | None:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-        return None
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3:
-        return None
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0") or 0)
-    body = await reader.readexactly(length) if length else b""
-    return Request(parts[0], parts[1], headers, body)
+class _Refused(Exception):
+    """The request cannot be served; answer ``status`` and close."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
-async def _write_response(writer: asyncio.StreamWriter, response: Response) -> None:
-    head = [f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Status')}",
-            f"Content-Type: {response.content_type}"]
-    head += [f"{k}: {v}" for k, v in response.headers.items()]
-    if response.stream is None:
-        head.append(f"Content-Length: {len(response.body)}")
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body)
-    else:
-        head.append("Transfer-Encoding: chunked")
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-        async for chunk in response.stream:
-            if chunk:
-                writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                await writer.drain()
-        writer.write(b"0\r\n\r\n")
-    await writer.drain()
+class _Connection:
+    """One client connection: h11 state plus its stream."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 limits: Limits) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.limits = limits
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head)
+
+    async def _event(self) -> h11.Event | type[h11.PAUSED] | type[h11.NEED_DATA]:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await self.reader.read(_READ_SIZE)
+            self.h11.receive_data(data)  # b"" means EOF, which h11 turns into an event
+
+    async def request(self, within: float) -> Request | None:
+        """The next complete request (within ``within`` seconds), None at a clean end."""
+        async with asyncio.timeout(within):
+            event = await self._event()
+            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return None
+            if not isinstance(event, h11.Request):
+                raise _Refused(400, f"unexpected {type(event).__name__}")
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
+            declared = headers.get("content-length")
+            if self.limits.max_body == 0 and (
+                    (declared is not None and declared != "0")
+                    or "transfer-encoding" in headers):
+                raise _Refused(413, "this listener takes no request body")
+            if declared is not None and int(declared) > self.limits.max_body:
+                raise _Refused(413, "request body too large")
+            body = bytearray()
+            while True:
+                part = await self._event()
+                if isinstance(part, h11.EndOfMessage):
+                    break
+                if not isinstance(part, h11.Data):
+                    raise _Refused(400, f"unexpected {type(part).__name__}")
+                body += part.data
+                if len(body) > self.limits.max_body:
+                    raise _Refused(413, "request body too large")
+            return Request(event.method.decode("latin-1"), event.target.decode("latin-1"),
+                           headers, bytes(body))
+
+    async def send(self, event: h11.Event) -> None:
+        data = self.h11.send(event)
+        if data:
+            self.writer.write(data)
+            async with asyncio.timeout(self.limits.write_timeout):
+                await self.writer.drain()
+
+    async def respond(self, response: Response) -> None:
+        headers = [("Content-Type", response.content_type), *response.headers.items()]
+        if response.stream is None:
+            headers.append(("Content-Length", str(len(response.body))))
+        await self.send(h11.Response(status_code=response.status, headers=headers))
+        if response.stream is None:
+            if response.body:
+                await self.send(h11.Data(data=response.body))
+        else:
+            async for chunk in response.stream:
+                if chunk:
+                    await self.send(h11.Data(data=chunk))
+        await self.send(h11.EndOfMessage())
+
+    async def refuse(self, status: int) -> None:
+        """Answer ``status`` with a short body and close, if a response may still go out."""
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        body = f"{status}\n".encode()
+        with contextlib.suppress(h11.LocalProtocolError, OSError, TimeoutError):
+            await self.send(h11.Response(status_code=status, headers=[
+                ("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
+                ("Connection", "close")]))
+            await self.send(h11.Data(data=body))
+            await self.send(h11.EndOfMessage())
 
 
 class HttpServer:
     """A listening server; ``close()`` also ends the open keep-alive connections."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, limits: Limits | None = None) -> None:
         self._handler = handler
+        self.limits = limits or Limits()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections_accepted = 0
+        self.connections_refused = 0
+
+    @property
+    def open_connections(self) -> int:
+        """Connections being served now."""
+        return len(self._tasks)
 
     async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
         """Start accepting connections."""
-        self._server = await asyncio.start_server(self._connection, host, port, ssl=ssl_context)
+        self._server = await asyncio.start_server(
+            self._connection, host, port, ssl=ssl_context,
+            ssl_handshake_timeout=self.limits.header_timeout if ssl_context else None,
+            limit=self.limits.max_head)
 
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
+        if len(self._tasks) >= self.limits.max_connections:
+            self.connections_refused += 1
+            writer.transport.abort()  # over budget: the descriptor goes back at once
+            return
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
         self.connections_accepted += 1
+        conn = _Connection(reader, writer, self.limits)
         try:
-            while True:
-                request = await _read_request(reader)
-                if request is None:
-                    break
-                try:
-                    response = await self._handler(request)
-                except Exception as exc:  # a broken stand-in must not kill the listener
-                    response = Response(500, repr(exc).encode(), "text/plain")
-                await _write_response(writer, response)
-                if request.headers.get("connection", "").lower() == "close":
-                    break
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError,
-                asyncio.CancelledError):
+            await self._serve(conn)
+        except (ConnectionError, ssl.SSLError, TimeoutError, OSError, asyncio.CancelledError):
             pass
         finally:
             self._tasks.discard(task)
             writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError, OSError,
-                                     asyncio.CancelledError):
-                await writer.wait_closed()
+            try:
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
+            except (ConnectionError, ssl.SSLError, TimeoutError, OSError,
+                    asyncio.CancelledError):
+                writer.transport.abort()
+
+    async def _serve(self, conn: _Connection) -> None:
+        timeout = self.limits.header_timeout
+        while True:
+            try:
+                request = await conn.request(timeout)
+            except h11.RemoteProtocolError as exc:
+                await conn.refuse(exc.error_status_hint)
+                return
+            except _Refused as exc:
+                await conn.refuse(exc.status)
+                return
+            except ValueError:  # a Content-Length h11 accepted but int() did not
+                await conn.refuse(400)
+                return
+            if request is None:
+                return
+            try:
+                response = await self._handler(request)
+            except Exception as exc:  # a broken handler must not kill the listener
+                log.error("http.handler_failed", path=request.path[:200], error=repr(exc)[:200])
+                response = Response(500, b"internal error\n", "text/plain")
+            await conn.respond(response)
+            if conn.h11.our_state is not h11.DONE or conn.h11.their_state is not h11.DONE:
+                return
+            conn.h11.start_next_cycle()
+            timeout = self.limits.idle_timeout
 
     async def drop_connections(self) -> None:
         """End every open connection but keep listening (a keep-alive timeout, for tests)."""
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
 
     @property
     def port(self) -> int:
@@ -138,13 +243,16 @@ class HttpServer:
         assert self._server is not None
         self._server.close()
         await self.drop_connections()
-        await self._server.wait_closed()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self._server.wait_closed()
 
 
 async def serve(
-    handler: Handler, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
+    handler: Handler, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
+    limits: Limits | None = None,
 ) -> HttpServer:
     """Start serving ``handler`` on host:port (0 picks a free port)."""
-    server = HttpServer(handler)
+    server = HttpServer(handler, limits)
     await server.listen(host, port, ssl_context)
     return server

@@ -21,7 +21,9 @@ from uuid import UUID
 
 from kanidm_mail_sender.errors import AlreadyRunning, StateError
 
-__all__ = ["ACCEPTED", "DEFERRED", "EXPIRED", "REJECTED", "DestinationState", "Journal"]
+__all__ = [
+    "ACCEPTED", "DEFERRED", "EXPIRED", "REJECTED", "DestinationState", "Journal", "storable",
+]
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
@@ -63,6 +65,15 @@ class DestinationState:
     attempts: int
     next_attempt: float | None
     reply: str | None
+
+
+def storable(text: str) -> str:
+    """``text`` as SQLite can store it: lone surrogates (from JSON escapes) backslash-escaped."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -133,12 +144,12 @@ class Journal:
         next_attempt: float | None = None,
         reply: str | None = None,
     ) -> None:
-        """Write one row; returns once it is committed to disk."""
+        """Write one row; returns once it is committed to disk, or raises StateError."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        self._pending.append(
-            (str(message_id), destination, state, attempts, next_attempt, reply, now, now)
-        )
+        self._pending.append((str(message_id), storable(destination), state, attempts,
+                              next_attempt, None if reply is None else storable(reply), now,
+                              now))
         self._waiters.append(waiter)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
@@ -146,35 +157,68 @@ class Journal:
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._pending:
-            batch, waiters = self._pending, self._waiters
-            self._pending, self._waiters = [], []
-            try:
-                await loop.run_in_executor(self._executor, self._commit, batch)
-            except sqlite3.Error as exc:
-                error = StateError(f"{self.path}: writing the delivery journal failed ({exc})")
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_exception(error)
-            else:
-                for waiter in waiters:
-                    if not waiter.done():
+        batch: list[tuple[Any, ...]] = []
+        waiters: list[asyncio.Future[None]] = []
+        try:
+            while self._pending:
+                batch, waiters = self._pending, self._waiters
+                self._pending, self._waiters = [], []
+                failures = await loop.run_in_executor(self._executor, self._commit, batch)
+                for index, waiter in enumerate(waiters):
+                    if waiter.done():
+                        continue
+                    if index in failures:
+                        waiter.set_exception(StateError(
+                            f"{self.path}: writing the delivery journal failed "
+                            f"({failures[index]}); stopping, since without it a mail could "
+                            "be sent twice"))
+                    else:
                         waiter.set_result(None)
+                batch, waiters = [], []
+        except BaseException as exc:
+            # Nothing may be left waiting for a writer that is gone.
+            error = StateError(f"{self.path}: the journal writer failed ({exc!r})")
+            for waiter in [*waiters, *self._waiters]:
+                if not waiter.done():
+                    waiter.set_exception(error)
+            self._pending, self._waiters = [], []
+            if not isinstance(exc, Exception):
+                raise
 
-    def _commit(self, batch: list[tuple[Any, ...]]) -> None:
+    def _commit(self, batch: list[tuple[Any, ...]]) -> dict[int, str]:
+        """Commit ``batch`` in one transaction; if that fails, row by row, so one bad row
+        never rolls back the others. Returns the rows that failed, with why."""
+        try:
+            self._commit_rows(batch)
+        except (sqlite3.Error, ValueError) as exc:
+            if len(batch) == 1:
+                return {0: str(exc)}
+        else:
+            return {}
+        failures: dict[int, str] = {}
+        for index, row in enumerate(batch):
+            try:
+                self._commit_rows([row])
+            except (sqlite3.Error, ValueError) as exc:
+                failures[index] = str(exc)
+        return failures
+
+    def _commit_rows(self, rows: list[tuple[Any, ...]]) -> None:
         conn = self._writer
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_UPSERT, batch)
+            conn.executemany(_UPSERT, rows)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
 
-    async def drain(self) -> None:
-        """Wait until every pending write is committed."""
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
+    async def drain(self, within: float | None = None) -> None:
+        """Wait until every pending write is committed, or ``within`` seconds."""
+        flusher = self._flusher
+        if flusher is None or flusher.done():
+            return
+        await asyncio.wait([flusher], timeout=within)
 
     def prune(self, now: float) -> int:
         """Forget rows older than Kanidm's retention; returns how many went."""
@@ -189,9 +233,11 @@ class Journal:
             self._reader.execute("SELECT state, count(*) FROM delivery GROUP BY state").fetchall()
         )
 
-    def close(self) -> None:
-        """Close the database and release the lock."""
-        self._executor.shutdown(wait=True)
+    def close(self, *, wait: bool = True) -> None:
+        """Close the database and release the lock; ``wait=False`` does not wait for a
+        commit under way (a stop after a writer failure)."""
+        busy = self._flusher is not None and not self._flusher.done()
+        self._executor.shutdown(wait=wait and not busy)
         for conn in (self._reader, self._writer):
             with contextlib.suppress(sqlite3.Error):
                 conn.close()

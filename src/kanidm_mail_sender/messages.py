@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from kanidm_mail_sender.journal import storable
+
 __all__ = [
     "CredentialResetV1",
     "MalformedMessage",
@@ -75,7 +77,8 @@ class QueuedMessage:
 def _text(value: Any, what: str, message_id: str | None) -> str:
     if not isinstance(value, str):
         raise MalformedMessage(message_id, f"{what} is not a string")
-    return value
+    # A JSON escape can carry a lone surrogate, which no encoder (SQLite, SMTP, logs) takes.
+    return storable(value)
 
 
 def _template(value: Any, message_id: str) -> Template:

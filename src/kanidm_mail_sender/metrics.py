@@ -7,12 +7,17 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from kanidm_mail_sender.httpserver import HttpServer, Request, Response, serve
+from kanidm_mail_sender.errors import ConfigError
+from kanidm_mail_sender.httpserver import HttpServer, Limits, Request, Response, serve
 
 __all__ = ["Metrics", "start_metrics_server"]
 
 # Ready means: the last poll succeeded, and the relay worked (or was checked) this recently.
 RELAY_FRESHNESS_SECONDS = 300.0
+# The listener's own budget: far below any file-descriptor limit, so scrapers (or anyone who
+# can reach the port) can never take descriptors or much CPU from delivery.
+METRICS_LIMITS = Limits(max_connections=32, header_timeout=5.0, idle_timeout=5.0,
+                        max_body=0, max_head=8192)
 
 
 class Metrics:
@@ -53,6 +58,8 @@ class Metrics:
         self.poll_ok = False
         self.relay_ok_at: float | None = None
         self.relay_paused = False
+        self.journal_failing = False
+        self.stopping = False  # stopping or fatal: both probes answer 503
 
     def relay_ok(self) -> None:
         """The relay accepted a mail or a check just now."""
@@ -61,6 +68,10 @@ class Metrics:
 
     def ready(self) -> tuple[bool, str]:
         """Whether to report ready, and why not."""
+        if self.stopping:
+            return False, "the daemon is stopping"
+        if self.journal_failing:
+            return False, "the delivery journal cannot be written"
         if not self.poll_ok:
             return False, "the last poll of Kanidm failed or none has run yet"
         if self.relay_paused:
@@ -85,10 +96,18 @@ async def start_metrics_server(metrics: Metrics, host: str, port: int) -> HttpSe
         if path == "/metrics":
             return Response(200, metrics.exposition(), CONTENT_TYPE_LATEST)
         if path == "/healthz":
+            if metrics.stopping:
+                return Response(503, b"stopping\n", "text/plain")
             return Response(200, b"ok\n", "text/plain")
         if path == "/readyz":
             ok, why = metrics.ready()
             return Response(200 if ok else 503, f"{why}\n".encode(), "text/plain")
         return Response(404, b"not found\n", "text/plain")
 
-    return await serve(handle, host, port)
+    try:
+        return await serve(handle, host, port, limits=METRICS_LIMITS)
+    except OSError as exc:
+        raise ConfigError(
+            f"metrics_listen {host}:{port}: cannot listen there ({exc.strerror or exc}); "
+            "pick a free port and an address of this host, or remove the key"
+        ) from None

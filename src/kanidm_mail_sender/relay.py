@@ -11,6 +11,7 @@ import contextlib
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiosmtplib
@@ -20,14 +21,19 @@ from kanidm_mail_sender.errors import (
     ConfigError,
     DeliveryDeferred,
     DeliveryRejected,
+    LinkExpired,
     RelayError,
     RelayMisconfigured,
+    RelayThrottled,
+    RelayUnavailable,
 )
 from kanidm_mail_sender.mail import Envelope
+from kanidm_mail_sender.replies import Stage, Verdict, classify_reply, redact_reply
 
-__all__ = ["SmtpRelay", "build_tls_context", "classify_smtp_error"]
+__all__ = ["SmtpRelay", "build_tls_context", "classify_smtp_error", "reply_error"]
 
 _HEALTH_CHECK_AFTER = 2.0  # seconds idle before a pooled connection is NOOP-checked
+_QUIT_TIMEOUT = 1.0  # a relay that does not answer QUIT must not delay our stop
 
 
 def build_tls_context(ca_path: Path | None) -> ssl.SSLContext:
@@ -54,48 +60,71 @@ def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
-def classify_smtp_error(exc: BaseException) -> RelayError:
-    """Map an aiosmtplib (or ssl/OS) exception to deferred, rejected or relay-wide."""
+_VERDICT_ERRORS: dict[Verdict, type[RelayError]] = {
+    Verdict.DEFER: DeliveryDeferred,
+    Verdict.REJECT: DeliveryRejected,
+    Verdict.RELAY_DOWN: RelayUnavailable,
+    Verdict.THROTTLE: RelayThrottled,
+}
+_STAGE_WORDS = {Stage.CONNECT: "the connection", Stage.AUTH: "our credentials",
+                Stage.MAIL: "the sender (MAIL FROM)", Stage.RCPT: "the recipient",
+                Stage.DATA: "the mail"}
+
+
+def reply_error(stage: Stage, code: int, text: str, secrets: tuple[str, ...] = ()) -> RelayError:
+    """The error for a refusing reply ``code`` to ``stage``, its text redacted."""
+    verdict = classify_reply(stage, code, text)
+    shown = redact_reply(text, secrets)
+    what = "deferred" if 400 <= code < 500 else "refused"
+    message = f"the relay {what} {_STAGE_WORDS[stage]}: {code} {shown}"
+    if stage is Stage.AUTH:
+        return RelayMisconfigured(f"{message}; check mail_username and mail_password",
+                                  code=code)
+    return _VERDICT_ERRORS[verdict](message, code=code)
+
+
+def classify_smtp_error(exc: BaseException, stage: Stage,
+                        secrets: tuple[str, ...] = ()) -> RelayError:
+    """Map an aiosmtplib (or ssl/OS) exception raised during ``stage`` to one of ours."""
     tls = _tls_failure(exc)
     if tls is not None:
         return RelayMisconfigured(f"TLS with the relay failed: {tls}")
-    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        return RelayMisconfigured(
-            f"the relay refused our credentials ({exc.code} {exc.message}); "
-            "check mail_username and mail_password",
-            code=exc.code,
-        )
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-        first = exc.recipients[0] if exc.recipients else None
-        code = first.code if first else 550
-        text = f"{code} {first.message if first else 'recipient refused'}"
-        cls = DeliveryRejected if code >= 500 else DeliveryDeferred
-        return cls(f"recipient refused: {text}", code=code)
-    if isinstance(exc, aiosmtplib.SMTPConnectResponseError):
-        return DeliveryDeferred(f"the relay refused the connection: {exc.code} {exc.message}")
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        if 500 <= exc.code < 600:
-            return DeliveryRejected(f"the relay refused the mail: {exc.code} {exc.message}",
-                                    code=exc.code)
-        return DeliveryDeferred(f"the relay deferred the mail: {exc.code} {exc.message}",
-                                code=exc.code)
+        return reply_error(stage, exc.code, exc.message, secrets)
+    if stage is Stage.CONNECT or stage is Stage.AUTH:
+        if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+            return RelayUnavailable(f"the relay did not answer in time while connecting: {exc}")
+        if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected
+                      | OSError):
+            return RelayUnavailable(f"cannot connect to the relay: {exc}")
+        if isinstance(exc, aiosmtplib.SMTPException):
+            # STARTTLS or AUTH not offered, no usable mechanism: the relay does not fit.
+            return RelayMisconfigured(f"the relay cannot be used as configured: {exc}")
+        return RelayUnavailable(f"unexpected error connecting to the relay: {exc!r}")
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
-        return DeliveryDeferred(f"the relay closed the connection: {exc}")
+        return DeliveryDeferred(f"the relay closed the connection during {stage.value}: {exc}",
+                                transport=True)
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
-        return DeliveryDeferred(f"the relay did not answer in time: {exc}")
-    if isinstance(exc, aiosmtplib.SMTPConnectError | OSError):
-        return DeliveryDeferred(f"cannot connect to the relay: {exc}")
-    if isinstance(exc, aiosmtplib.SMTPException):
-        # STARTTLS or AUTH not offered, no usable mechanism: the relay does not fit our config.
-        return RelayMisconfigured(f"the relay cannot be used as configured: {exc}")
-    return DeliveryDeferred(f"unexpected error talking to the relay: {exc!r}")
+        return DeliveryDeferred(f"the relay did not answer {stage.value} in time: {exc}",
+                                transport=True)
+    if isinstance(exc, OSError):
+        return DeliveryDeferred(f"the connection to the relay failed: {exc}", transport=True)
+    return DeliveryDeferred(f"unexpected error talking to the relay: {exc!r}", transport=True)
 
 
-async def _transaction(conn: aiosmtplib.SMTP, envelope: Envelope) -> str:
+def _still_valid(not_after: float | None, clock: Callable[[], float]) -> None:
+    if not_after is not None and clock() >= not_after:
+        raise LinkExpired("the reset link expired before the mail went out")
+
+
+async def _transaction(conn: aiosmtplib.SMTP, envelope: Envelope, *, not_after: float | None,
+                       clock: Callable[[], float], secrets: tuple[str, ...]) -> str:
     """MAIL, RCPT and DATA for one recipient; returns the relay's final reply.
 
     This is aiosmtplib's ``sendmail`` without its four re-parses of addresses we already
-    checked (a tenth of the CPU per mail), and with SMTPUTF8 when an address needs it.
+    checked (a tenth of the CPU per mail), with SMTPUTF8 when an address needs it, and with
+    the link's expiry checked right before DATA: a reset that expired while it waited is
+    never mailed.
     """
     sender, recipient = envelope.sender, envelope.recipient
     options = [b"SIZE=%d" % len(envelope.data)] if conn.supports_extension("size") else []
@@ -105,19 +134,28 @@ async def _transaction(conn: aiosmtplib.SMTP, envelope: Envelope) -> str:
                 f"{recipient if not recipient.isascii() else sender} needs SMTPUTF8, "
                 "which the relay does not offer")
         options.append(b"SMTPUTF8")
+    _still_valid(not_after, clock)
+    stage = Stage.MAIL
     try:
         reply = await conn.execute_command(b"MAIL", b"FROM:<%b>" % sender.encode(), *options)
         if reply.code != 250:
-            raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+            raise reply_error(stage, reply.code, reply.message, secrets)
+        stage = Stage.RCPT
         reply = await conn.execute_command(b"RCPT", b"TO:<%b>" % recipient.encode())
         if reply.code not in (250, 251):
-            raise aiosmtplib.SMTPRecipientsRefused(
-                [aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)])
+            raise reply_error(stage, reply.code, reply.message, secrets)
+        _still_valid(not_after, clock)
+        stage = Stage.DATA
         reply = await conn.data(envelope.data)
-    except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
+    except RelayError:
         with contextlib.suppress(aiosmtplib.SMTPException, OSError):
             await conn.rset()  # leave the pooled connection ready for the next mail
         raise
+    except Exception as exc:
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code != 421:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                await conn.rset()
+        raise classify_smtp_error(exc, stage, secrets) from exc
     return reply.message
 
 
@@ -145,9 +183,12 @@ class SmtpRelay:
         self._idle_timeout = idle_timeout
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self._secrets = _secret_forms(credentials)
         self.connections_opened = 0
+        self.connection_attempts = 0
 
     async def _connect(self) -> aiosmtplib.SMTP:
+        """A new authenticated connection; every failure is relay-wide (RelayUnavailable)."""
         conn = aiosmtplib.SMTP(
             hostname=self.endpoint.host,
             port=self.endpoint.port,
@@ -157,11 +198,14 @@ class SmtpRelay:
             local_hostname=self._helo,
             timeout=self._command_timeout,
         )
+        self.connection_attempts += 1
+        stage = Stage.CONNECT
         try:
             await conn.connect(timeout=self._connect_timeout)
             if conn.is_ehlo_or_helo_needed:  # after STARTTLS, and before reading extensions
                 await conn.ehlo()
             if self._credentials is not None:
+                stage = Stage.AUTH
                 user, password = self._credentials
                 # One mechanism, no fallback, as upstream: PLAIN if offered, else LOGIN.
                 if "plain" in conn.server_auth_methods:
@@ -172,15 +216,18 @@ class SmtpRelay:
                     raise aiosmtplib.SMTPException(
                         "the relay offers neither AUTH PLAIN nor AUTH LOGIN"
                     )
-        except BaseException:
+        except BaseException as exc:
             conn.close()
+            if isinstance(exc, Exception):
+                raise classify_smtp_error(exc, stage, self._secrets) from exc
             raise
         self.connections_opened += 1
         return conn
 
-    async def _acquire(self) -> aiosmtplib.SMTP:
+    async def _acquire(self, *, fresh: bool = False) -> tuple[aiosmtplib.SMTP, bool]:
+        """A ready connection, and whether it was reused from the pool."""
         now = time.monotonic()
-        while self._idle:
+        while self._idle and not fresh:
             conn, since = self._idle.pop()
             if not conn.is_connected or now - since > self._idle_timeout:
                 conn.close()
@@ -191,47 +238,73 @@ class SmtpRelay:
                 except (aiosmtplib.SMTPException, OSError):
                     conn.close()
                     continue
-            return conn
-        return await self._connect()
+            return conn, True
+        return await self._connect(), False
 
-    async def send(self, envelope: Envelope) -> str:
-        """Relay one envelope; returns the relay's reply, or raises a RelayError subclass."""
+    async def send(self, envelope: Envelope, *, not_after: float | None = None,
+                   clock: Callable[[], float] = time.time) -> str:
+        """Relay one envelope; returns the relay's reply, or raises a RelayError subclass.
+
+        ``not_after`` (Unix time) is checked before MAIL and before DATA: past it, nothing is
+        sent and LinkExpired is raised.
+        """
         async with self._slots:
-            conn: aiosmtplib.SMTP | None = None
-            try:
-                conn = await self._acquire()
-                reply = await _transaction(conn, envelope)
-            except asyncio.CancelledError:
-                if conn is not None:
+            for fresh_retry in (False, True):
+                conn, reused = await self._acquire(fresh=fresh_retry)
+                try:
+                    reply = await _transaction(conn, envelope, not_after=not_after,
+                                               clock=clock, secrets=self._secrets)
+                except DeliveryDeferred as exc:
                     conn.close()
-                raise
-            except RelayError:
-                if conn is not None:  # refused before any command: the connection is fine
-                    self._idle.append((conn, time.monotonic()))
-                raise
-            except Exception as exc:
-                if conn is not None:
+                    # A kept-alive connection the relay dropped while idle fails at MAIL;
+                    # that is not the destination's fault: once more on a fresh one.
+                    if reused and exc.transport and "during mail" in str(exc):
+                        continue
+                    raise
+                except (LinkExpired, DeliveryRejected):
+                    self._release(conn)
+                    raise
+                except BaseException:
                     conn.close()
-                raise classify_smtp_error(exc) from exc
+                    raise
+                self._release(conn)
+                return reply
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _release(self, conn: aiosmtplib.SMTP) -> None:
+        if conn.is_connected:
             self._idle.append((conn, time.monotonic()))
-            return reply
 
     async def check(self) -> None:
         """Connect, negotiate TLS and authenticate, then hang up without sending."""
+        conn = await self._connect()
         try:
-            conn = await self._connect()
-        except Exception as exc:
-            raise classify_smtp_error(exc) from exc
-        try:
-            await conn.quit()
-        except (aiosmtplib.SMTPException, OSError):
+            await asyncio.wait_for(conn.quit(), _QUIT_TIMEOUT)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
             conn.close()
 
     async def close(self) -> None:
-        """Say QUIT on every pooled connection."""
+        """Say QUIT on every pooled connection, all at once and within a bound."""
         idle, self._idle = self._idle, []
-        for conn, _ in idle:
+
+        async def quit_one(conn: aiosmtplib.SMTP) -> None:
             try:
-                await asyncio.wait_for(conn.quit(), 2)
-            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                await conn.quit()
+            except (aiosmtplib.SMTPException, OSError):
                 conn.close()
+
+        tasks = [asyncio.create_task(quit_one(conn)) for conn, _ in idle]
+        if tasks:
+            await asyncio.wait(tasks, timeout=_QUIT_TIMEOUT)
+        for conn, _ in idle:
+            conn.close()
+        for task in tasks:
+            task.cancel()
+
+
+def _secret_forms(credentials: tuple[str, str] | None) -> tuple[str, ...]:
+    """The strings a relay could echo back from our AUTH exchange."""
+    if credentials is None:
+        return ()
+    user, password = credentials
+    return (password, f"\0{user}\0{password}", f"{user}\0{password}")

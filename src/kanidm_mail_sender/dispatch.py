@@ -1,0 +1,233 @@
+"""The dispatching stage: one poll of Kanidm's ready list, each entry routed to its stage.
+
+Entries due for sending go into the bounded send queue; accepted ones go straight to marking;
+expired resets and entries without a destination are journalled. When the send queue is
+full, the poll waits for room only until the next fire time; after that it goes through the
+rest of the list without queueing sends (marks and expiries still go out), so a stalled relay
+never delays the next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+from uuid import UUID
+
+import structlog
+
+from kanidm_mail_sender.delivery import NO_DESTINATION, Action, backoff_delay, plan_message
+from kanidm_mail_sender.errors import KanidmAuthError, KanidmError, KanidmNotFound, MailSenderError
+from kanidm_mail_sender.incident import Incident
+from kanidm_mail_sender.inflight import InFlight, Phase
+from kanidm_mail_sender.journal import EXPIRED, REJECTED, Journal
+from kanidm_mail_sender.marking import MarkStage
+from kanidm_mail_sender.messages import MalformedMessage, QueuedMessage, parse_resource
+from kanidm_mail_sender.metrics import Metrics
+from kanidm_mail_sender.sending import Job
+
+__all__ = ["DispatchSettings", "Dispatcher", "MessageSource", "ReportedOnce", "drain"]
+
+log = structlog.get_logger("kanidm_mail_sender.dispatch")
+
+
+class MessageSource(Protocol):
+    """Kanidm's ready list, as this stage sees it: resources, or entries already found bad."""
+
+    def ready(self) -> AsyncIterator[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    """List retry pacing, and how many bad entries are remembered as already reported."""
+
+    list_retry_initial: float = 5.0
+    list_retry_max: float = 300.0
+    log_interval: float = 300.0
+    reported_capacity: int = 10_000
+    skipped_lines_per_poll: int = 20
+
+
+class ReportedOnce:
+    """A bounded memory of what was already logged: the oldest entries are forgotten first."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def first_time(self, key: str) -> bool:
+        """True the first time ``key`` is seen (or after it was forgotten)."""
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class Dispatcher:
+    """Runs one poll at a time; ``poll(feed_seconds=...)`` is called by the daemon loop."""
+
+    def __init__(self, *, source: MessageSource, journal: Journal, inflight: InFlight,
+                 queue: asyncio.Queue[Job], marks: MarkStage, metrics: Metrics,
+                 settings: DispatchSettings, stopping: asyncio.Event,
+                 on_fatal: Callable[[MailSenderError], None],
+                 clock: Callable[[], float]) -> None:
+        self._source = source
+        self._journal = journal
+        self._inflight = inflight
+        self._queue = queue
+        self._marks = marks
+        self._metrics = metrics
+        self._s = settings
+        self._stopping = stopping
+        self._on_fatal = on_fatal
+        self._clock = clock
+        self._retry_at = 0.0
+        self._incident = Incident(settings.log_interval)
+        self.reported = ReportedOnce(settings.reported_capacity)
+        self.overflowed = 0  # entries due for sending that the last poll could not queue
+
+    def retry_now(self) -> None:
+        """Forget the list backoff (tests whose clock jumps)."""
+        self._retry_at = 0.0
+
+    async def poll(self, *, feed_seconds: float | None = None) -> None:
+        """List ready messages and route each; returns when the list is consumed.
+
+        ``feed_seconds``: how long to wait for room in a full send queue, at most (None:
+        as long as it takes); the daemon passes the time to the next fire time.
+        """
+        now = self._clock()
+        if self._stopping.is_set() or now < self._retry_at:
+            return
+        loop = asyncio.get_running_loop()
+        feed_until = None if feed_seconds is None else loop.time() + feed_seconds
+        count = skipped_lines = 0
+        self.overflowed = 0
+        oldest: datetime | None = None
+        try:
+            async for item in self._source.ready():
+                if self._stopping.is_set():
+                    return
+                count += 1
+                message = self._parse(item, skipped_lines < self._s.skipped_lines_per_poll)
+                if message is None:
+                    skipped_lines += 1
+                    continue
+                sent_after = message.send_after
+                if sent_after is not None and (oldest is None or sent_after < oldest):
+                    oldest = sent_after
+                await self._route(message, feed_until)
+        except KanidmAuthError as exc:
+            self._on_fatal(exc)
+            return
+        except KanidmNotFound as exc:
+            self._on_fatal(KanidmNotFound(
+                f"{exc}; this server has no message queue (Kanidm too old?) "
+                "or uri points somewhere else"))
+            return
+        except KanidmError as exc:
+            self._failed(exc)
+            return
+        self._succeeded(count, oldest, skipped_lines)
+
+    def _failed(self, exc: KanidmError) -> None:
+        self._metrics.poll_ok = False
+        now = self._clock()
+        log_it = self._incident.failed(now)
+        delay = backoff_delay(self._incident.failures, initial=self._s.list_retry_initial,
+                              maximum=self._s.list_retry_max)
+        self._retry_at = now + delay
+        if log_it:
+            log.error("kanidm.list_failed", error=str(exc), failures=self._incident.failures,
+                      retry_in_seconds=round(delay, 1))
+
+    def _succeeded(self, count: int, oldest: datetime | None, skipped_lines: int) -> None:
+        failures = self._incident.ended()
+        if failures:
+            log.info("kanidm.list_recovered", failures=failures)
+        if skipped_lines > self._s.skipped_lines_per_poll:
+            log.warning("message.skipped_more",
+                        count=skipped_lines - self._s.skipped_lines_per_poll,
+                        note="more bad entries than are logged per poll")
+        now = self._clock()
+        self._metrics.poll_ok = True
+        self._metrics.queue_size.set(count)
+        self._metrics.last_poll.set(now)
+        self._metrics.oldest_age.set(max(0.0, now - oldest.timestamp()) if oldest else 0)
+        log.debug("kanidm.polled", ready=count, not_queued=self.overflowed)
+
+    def _parse(self, item: Any, may_log: bool) -> QueuedMessage | None:
+        try:
+            if isinstance(item, MalformedMessage):
+                raise item
+            return parse_resource(item)
+        except MalformedMessage as exc:
+            if self.reported.first_time(f"{exc.message_id}:{exc.reason}") and may_log:
+                log.error("message.skipped", message_id=exc.message_id, reason=exc.reason,
+                          note="this entry is skipped; the rest of the queue goes on")
+            return None
+
+    async def _route(self, message: QueuedMessage, feed_until: float | None) -> None:
+        if message.id in self._inflight:
+            return
+        now = self._clock()
+        plan = plan_message(message, self._journal.states(message.id), now)
+        if plan.action is Action.SEND:
+            await self._enqueue(Job(message, plan), feed_until)
+        elif plan.action is Action.MARK:
+            self._marks.submit(message.id)
+        elif plan.action is Action.EXPIRE:
+            log.error("message.expired", message_id=str(message.id),
+                      destinations=list(message.destinations),
+                      note="the reset link has expired, so it is not mailed; left in Kanidm's "
+                      "queue")
+            self._metrics.expired.inc()
+            for destination in message.destinations:
+                if destination not in plan.accepted:
+                    await self._journal.record(message.id, destination, EXPIRED, now=now)
+        elif plan.action is Action.NO_DESTINATION:
+            log.error("message.no_destination", message_id=str(message.id),
+                      note="it has no mail_destination; left in Kanidm's queue")
+            self._metrics.permanent_failures.inc()
+            await self._journal.record(message.id, NO_DESTINATION, REJECTED, now=now,
+                                       reply="no destination")
+
+    async def _enqueue(self, job: Job, feed_until: float | None) -> None:
+        message_id: UUID = job.message.id
+        if self.overflowed:
+            self.overflowed += 1  # past the feed deadline: left for the next poll
+            return
+        self._inflight.hold(message_id, Phase.QUEUED)
+        try:
+            self._queue.put_nowait(job)
+            return
+        except asyncio.QueueFull:
+            pass
+        try:
+            async with asyncio.timeout_at(feed_until):
+                await self._queue.put(job)
+        except TimeoutError:
+            self._inflight.release(message_id)
+            self.overflowed = 1
+        except BaseException:
+            self._inflight.release(message_id)
+            raise
+
+
+def drain(queue: asyncio.Queue[Job], inflight: InFlight) -> list[UUID]:
+    """Empty the send queue, releasing each job; returns their ids."""
+    dropped = []
+    while not queue.empty():
+        job = queue.get_nowait()
+        inflight.release(job.message.id)
+        dropped.append(job.message.id)
+    return dropped

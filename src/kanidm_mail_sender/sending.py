@@ -1,0 +1,285 @@
+"""The sending stage: workers take messages off the send queue and relay each due destination.
+
+Before every attempt a worker asks the relay's health for a slot (so a relay that is down or
+throttling us costs no attempts and a bounded number of connections), checks the reset link's
+expiry (again right before DATA, inside the relay), and journals the outcome. A message whose
+every destination is accepted goes to the marking stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+from uuid import UUID
+
+import structlog
+
+from kanidm_mail_sender.addresses import check_address
+from kanidm_mail_sender.delivery import Plan, backoff_delay
+from kanidm_mail_sender.errors import (
+    DeliveryDeferred,
+    DeliveryRejected,
+    LinkExpired,
+    MailSenderError,
+    RelayThrottled,
+    RelayUnavailable,
+    StateError,
+    TemplateError,
+)
+from kanidm_mail_sender.incident import Incident
+from kanidm_mail_sender.inflight import InFlight, Phase
+from kanidm_mail_sender.journal import ACCEPTED, DEFERRED, EXPIRED, REJECTED, Journal
+from kanidm_mail_sender.mail import Envelope, MailIdentity, build_message
+from kanidm_mail_sender.marking import MarkStage
+from kanidm_mail_sender.messages import CredentialResetV1, QueuedMessage
+from kanidm_mail_sender.metrics import Metrics
+from kanidm_mail_sender.relay_health import Change, RelayHealth
+from kanidm_mail_sender.render import Renderer
+
+__all__ = ["Job", "MailTransport", "SendSettings", "SendStage", "expires_at"]
+
+log = structlog.get_logger("kanidm_mail_sender.sending")
+
+
+class MailTransport(Protocol):
+    """The relay, as this stage sees it."""
+
+    async def send(self, envelope: Envelope, *, not_after: float | None = None,
+                   clock: Callable[[], float] = time.time) -> str: ...
+
+    async def check(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Job:
+    """One message handed to the send queue, with the plan made for it."""
+
+    message: QueuedMessage
+    plan: Plan
+
+
+@dataclass(frozen=True, slots=True)
+class SendSettings:
+    """Per-destination retry pacing."""
+
+    retry_initial: float = 30.0
+    retry_max: float = 3600.0
+    log_interval: float = 300.0
+
+
+def expires_at(message: QueuedMessage) -> float | None:
+    """Unix time after which the message must not be mailed, if it has one."""
+    template = message.template
+    return template.expiry_time.timestamp() if isinstance(template, CredentialResetV1) else None
+
+
+class SendStage:
+    """Runs the send workers' loop; owns nothing but its collaborators."""
+
+    def __init__(self, *, transport: MailTransport, journal: Journal, renderer: Renderer,
+                 identity: MailIdentity, inflight: InFlight, queue: asyncio.Queue[Job],
+                 marks: MarkStage, health: RelayHealth, metrics: Metrics,
+                 settings: SendSettings, stopping: asyncio.Event,
+                 on_fatal: Callable[[MailSenderError], None],
+                 clock: Callable[[], float]) -> None:
+        self._transport = transport
+        self._journal = journal
+        self._renderer = renderer
+        self._identity = identity
+        self._inflight = inflight
+        self._queue = queue
+        self._marks = marks
+        self._health = health
+        self._metrics = metrics
+        self._s = settings
+        self._stopping = stopping
+        self._on_fatal = on_fatal
+        self._clock = clock
+        self._changed = asyncio.Event()
+        self._relay_log = Incident(settings.log_interval)
+        self.abandoned: list[UUID] = []  # taken off the queue, then not sent: we stopped
+
+    def wake(self) -> None:
+        """Wake every worker waiting for a slot (a health change, or the stop)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def worker(self) -> None:
+        """Take jobs until stopped."""
+        while not self._stopping.is_set():
+            job = await self._queue.get()
+            message_id = job.message.id
+            if self._stopping.is_set():
+                self._inflight.release(message_id)
+                self.abandoned.append(message_id)
+                return
+            self._inflight.hold(message_id, Phase.SENDING)
+            marking = False
+            try:
+                marking = await self._send_job(job)
+            except StateError as exc:
+                self._on_fatal(exc)  # without a journal we cannot promise "never twice"
+            except Exception as exc:  # a bug must not silently kill a worker
+                log.exception("engine.worker_error", message_id=str(message_id),
+                              error=repr(exc))
+            finally:
+                if not marking:
+                    self._inflight.release(message_id)
+
+    async def _send_job(self, job: Job) -> bool:
+        """Every due destination; True when the message went on to marking."""
+        message, accepted = job.message, set(job.plan.accepted)
+        for destination in job.plan.due:
+            attempts = job.plan.attempts.get(destination, 0) + 1
+            outcome = await self._deliver(message, destination, attempts)
+            if outcome is None:  # stopping, or the link expired
+                if self._stopping.is_set():
+                    self.abandoned.append(message.id)
+                return False
+            if outcome:
+                accepted.add(destination)
+        if len(accepted) == len(message.destinations):
+            self._marks.submit(message.id)
+            return True
+        return False
+
+    async def _deliver(self, message: QueuedMessage, destination: str,
+                       attempts: int) -> bool | None:
+        """True: accepted; False: failed for this destination; None: stop here."""
+        ids = {"message_id": str(message.id), "destination": destination}
+        not_after = expires_at(message)
+        while True:
+            if self._stopping.is_set():
+                return None
+            if not_after is not None and self._clock() >= not_after:
+                await self._expire(message, ids)
+                return None
+            if not await self._admit():
+                return None
+            started = time.monotonic()
+            try:
+                envelope = self._envelope(message, destination)
+                reply = await self._transport.send(envelope, not_after=not_after,
+                                                   clock=self._clock)
+            except BaseException as exc:
+                verdict = await self._failed(exc, message.id, destination, attempts, ids)
+                if verdict == "retry":
+                    continue
+                return None if verdict == "stop" else False
+            self._report(self._health.succeeded())
+            await self._journal.record(message.id, destination, ACCEPTED, now=self._clock(),
+                                       attempts=attempts, reply=reply[:500])
+            self._metrics.delivered.inc()
+            self._metrics.relay_ok()
+            log.info("mail.accepted", **ids, template=message.template.kind,
+                     smtp_message_id=envelope.message_id,
+                     duration_ms=round((time.monotonic() - started) * 1000, 1))
+            return True
+
+    def _envelope(self, message: QueuedMessage, destination: str) -> Envelope:
+        check_address(destination)
+        rendered = self._renderer.render(message.template, message_id=message.id,
+                                         destination=destination)
+        return build_message(rendered, identity=self._identity, destination=destination,
+                             message_id=message.id, date=datetime.now(UTC))
+
+    async def _failed(self, exc: BaseException, message_id: UUID, destination: str,
+                      attempts: int, ids: dict[str, str]) -> str:
+        """Journal and report one failed attempt; returns "retry", "stop" or "failed"."""
+        now = time.monotonic()
+        health = self._health
+        if isinstance(exc, RelayThrottled):
+            self._report(health.throttled(now, str(exc)), str(exc))
+            return "retry"
+        if isinstance(exc, RelayUnavailable):
+            self._report(health.relay_down(now, str(exc)), str(exc))
+            return "retry"
+        if isinstance(exc, LinkExpired):
+            health.cancelled()
+            await self._journal.record(message_id, destination, EXPIRED, now=self._clock())
+            log.error("message.expired", **ids,
+                      note="the reset link expired before it went out; not mailed, left in "
+                      "Kanidm's queue")
+            self._metrics.expired.inc()
+            return "stop"
+        if isinstance(exc, DeliveryRejected | ValueError):
+            if isinstance(exc, DeliveryRejected):
+                health.succeeded()
+            else:
+                health.cancelled()
+            error = str(exc) if isinstance(exc, DeliveryRejected) else f"invalid address: {exc}"
+            log.error("mail.rejected", **ids, error=error,
+                      note="permanent failure: not retried; the message stays in Kanidm's queue")
+            self._metrics.permanent_failures.inc()
+            await self._journal.record(message_id, destination, REJECTED, now=self._clock(),
+                                       attempts=attempts, reply=error[:500])
+            return "failed"
+        if isinstance(exc, DeliveryDeferred | TemplateError):
+            if isinstance(exc, TemplateError):
+                health.cancelled()
+                log.error("message.render_failed", **ids, error=str(exc))
+            elif exc.transport:
+                self._report(health.transport_failed(now, str(exc)), str(exc))
+            else:
+                self._report(health.succeeded())
+            delay = await self._defer(message_id, destination, attempts, str(exc))
+            if isinstance(exc, DeliveryDeferred):
+                log.warning("mail.deferred", **ids, error=str(exc), attempts=attempts,
+                            retry_in_seconds=round(delay, 1))
+            return "failed"
+        health.cancelled()
+        self.wake()
+        raise exc
+
+    async def _defer(self, message_id: UUID, destination: str, attempts: int,
+                     error: str) -> float:
+        self._metrics.transient_failures.inc()
+        delay = backoff_delay(attempts, initial=self._s.retry_initial, maximum=self._s.retry_max)
+        now = self._clock()
+        await self._journal.record(message_id, destination, DEFERRED, now=now,
+                                   attempts=attempts, next_attempt=now + delay,
+                                   reply=error[:500])
+        return delay
+
+    async def _expire(self, message: QueuedMessage, ids: dict[str, str]) -> None:
+        log.error("message.expired", **ids,
+                  note="the reset link expired while it waited; not mailed, left in Kanidm's "
+                  "queue")
+        self._metrics.expired.inc()
+        await self._journal.record(message.id, ids["destination"], EXPIRED, now=self._clock())
+
+    async def _admit(self) -> bool:
+        """Wait for a send slot; False when stopping."""
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            if self._health.start(now):
+                return True
+            wait = self._health.wait_time(now)
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if math.isinf(wait) else wait):
+                    await changed.wait()
+        return False
+
+    def _report(self, change: Change | None, error: str = "") -> None:
+        self.wake()
+        health = self._health
+        self._metrics.relay_paused = health.paused
+        if change is Change.PAUSED and self._relay_log.failed(time.monotonic()):
+            log.error("relay.paused", error=error,
+                      pause_seconds=round(health.paused_until - time.monotonic(), 1),
+                      note="all sending is paused; one probe per pause, no attempts spent; "
+                      "logged once per incident")
+        elif change is Change.THROTTLED and self._relay_log.failed(time.monotonic()):
+            log.warning("relay.throttled", error=error, concurrency=health.limit,
+                        pause_seconds=round(health.paused_until - time.monotonic(), 1),
+                        note="the relay limits our rate; sending slows down, no attempts spent")
+        elif change is Change.RECOVERED:
+            failures = self._relay_log.ended()
+            log.info("relay.recovered", incidents=failures, concurrency=health.limit)
