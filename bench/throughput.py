@@ -102,13 +102,21 @@ class Bench:
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
         sink = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin")
         assert sink is not None
-        self.sinks.append(await asyncio.create_subprocess_exec(
-            sink, "-a", *user, f"127.0.0.1:{plain}", "1024"))
+        self.sinks.append(
+            await asyncio.create_subprocess_exec(sink, "-a", *user, f"127.0.0.1:{plain}", "1024")
+        )
         config = self.work / "haproxy.cfg"
         config.write_text(HAPROXY_CONFIG.format(port=self.sink_port, pem=pem, sink_port=plain))
-        self.sinks.append(await asyncio.create_subprocess_exec(
-            "haproxy", "-db", "-f", str(config), stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL))
+        self.sinks.append(
+            await asyncio.create_subprocess_exec(
+                "haproxy",
+                "-db",
+                "-f",
+                str(config),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        )
         for _ in range(100):
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.sink_port)
@@ -121,10 +129,17 @@ class Bench:
 
     async def start_python_sink(self, delay_ms: float = 0) -> None:
         port_file = self.work / f"sink-{delay_ms:g}.port"
-        self.sinks.append(await asyncio.create_subprocess_exec(
-            sys.executable, str(HERE / "sink.py"), str(self.certs.cert_path),
-            str(self.certs.key_path), str(port_file), str(delay_ms),
-            stdout=asyncio.subprocess.DEVNULL))
+        self.sinks.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(HERE / "sink.py"),
+                str(self.certs.cert_path),
+                str(self.certs.key_path),
+                str(port_file),
+                str(delay_ms),
+                stdout=asyncio.subprocess.DEVNULL,
+            )
+        )
         while not port_file.exists() or not port_file.read_text():
             await asyncio.sleep(0.05)
         self.sink_port = int(port_file.read_text())
@@ -142,11 +157,14 @@ class Bench:
         client.write_text(f'uri = "{self.kanidm.url}"\nca_path = "{self.certs.ca_path}"\n')
         mail = folder / "mail-sender.toml"
         lines = [
-            f'token = "{TOKEN}"', 'instance_display_name = "Kanidm Bench"',
+            f'token = "{TOKEN}"',
+            'instance_display_name = "Kanidm Bench"',
             'instance_url = "https://idm.example.com"',
-            'mail_from_address = "idm@example.com"', 'mail_reply_to_address = "r@example.com"',
+            'mail_from_address = "idm@example.com"',
+            'mail_reply_to_address = "r@example.com"',
             f'mail_relay = "smtps://127.0.0.1:{self.sink_port}"',
-            f'mail_ca_path = "{self.certs.ca_path}"', f'state_dir = "{folder / "state"}"',
+            f'mail_ca_path = "{self.certs.ca_path}"',
+            f'state_dir = "{folder / "state"}"',
         ]
         lines += [f"{k} = {v!r}".replace("'", '"') for k, v in extra.items()]
         mail.write_text("\n".join(lines) + "\n")
@@ -170,7 +188,8 @@ class Bench:
         if os.geteuid() == 0:
             args.append("--skip-root-check")
         return await asyncio.create_subprocess_exec(
-            *args, stderr=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL)
+            *args, stderr=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL
+        )
 
     async def run_daemon(self, name: str, n: int, **extra: object) -> dict[str, float]:
         self.queue(n)
@@ -184,8 +203,9 @@ class Bench:
         assert max(self.kanidm.mark_calls.values()) == 1
         return result
 
-    async def measure(self, proc: asyncio.subprocess.Process, n: int,
-                      calls: int) -> dict[str, float]:
+    async def measure(
+        self, proc: asyncio.subprocess.Process, n: int, calls: int
+    ) -> dict[str, float]:
         """From ``proc``'s first list call until every message is marked: messages per second,
         and CPU seconds per 1,000 messages of ``proc`` and of both peers."""
         while self.kanidm.list_calls == calls:  # start-up is not measured
@@ -203,8 +223,13 @@ class Bench:
             cpu = cpu_seconds(proc.pid)
         kanidm_cpu, sink_cpu = (b - a for a, b in zip(peers0, self.peers_cpu(), strict=True))
         per_1k = 1000 / n
-        return {"rate": n / elapsed, "seconds": elapsed, "cpu_per_1k": (cpu - cpu0) * per_1k,
-                "kanidm_per_1k": kanidm_cpu * per_1k, "sink_per_1k": sink_cpu * per_1k}
+        return {
+            "rate": n / elapsed,
+            "seconds": elapsed,
+            "cpu_per_1k": (cpu - cpu0) * per_1k,
+            "kanidm_per_1k": kanidm_cpu * per_1k,
+            "sink_per_1k": sink_cpu * per_1k,
+        }
 
     def peers_cpu(self) -> tuple[float, float]:
         """CPU seconds so far of the Kanidm stand-in (this process) and of the sink."""
@@ -214,8 +239,14 @@ class Bench:
         self.queue(n)
         calls = self.kanidm.list_calls
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(HERE / "raw_client.py"), self.kanidm.url, TOKEN,
-            str(self.certs.ca_path), str(self.sink_port), str(concurrency))
+            sys.executable,
+            str(HERE / "raw_client.py"),
+            self.kanidm.url,
+            TOKEN,
+            str(self.certs.ca_path),
+            str(self.sink_port),
+            str(concurrency),
+        )
         result = await self.measure(proc, n, calls)
         await proc.wait()
         return result
@@ -249,16 +280,22 @@ class Bench:
         proc.send_signal(signal.SIGTERM)
         await proc.wait()
         samples.sort()
-        return {"cpu_percent": cpu / seconds * 100, "rss_mb": rss,
-                "latency_ms": samples[len(samples) // 2][0] * 1000,
-                "latency_max_ms": max(s[0] for s in samples) * 1000,
-                "wait_ms": samples[len(samples) // 2][1] * 1000}
+        return {
+            "cpu_percent": cpu / seconds * 100,
+            "rss_mb": rss,
+            "latency_ms": samples[len(samples) // 2][0] * 1000,
+            "latency_max_ms": max(s[0] for s in samples) * 1000,
+            "wait_ms": samples[len(samples) // 2][1] * 1000,
+        }
 
 
 def row(name: str, n: int, r: dict[str, float]) -> None:
     peak = f"{r['peak_mb']:.1f}" if "peak_mb" in r else ""
-    print(f"{name:<40} {n:>7} {r['rate']:>7.0f} {r['cpu_per_1k']:>9.2f} {peak:>9} "
-          f"{r['kanidm_per_1k']:>9.2f} {r['sink_per_1k']:>7.2f}", flush=True)
+    print(
+        f"{name:<40} {n:>7} {r['rate']:>7.0f} {r['cpu_per_1k']:>9.2f} {peak:>9} "
+        f"{r['kanidm_per_1k']:>9.2f} {r['sink_per_1k']:>7.2f}",
+        flush=True,
+    )
 
 
 async def network(bench: Bench, delay_ms: float, n: int) -> None:
@@ -280,25 +317,44 @@ async def main() -> None:
     parser.add_argument("--compare-size", type=int, default=10000)
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument("--profile", type=Path, help="write each daemon run's cProfile here")
-    parser.add_argument("--sink", choices=["auto", "haproxy", "python"], default="auto",
-                        help="auto: haproxy + smtp-sink when installed, else bench/sink.py")
-    parser.add_argument("--network-delay-ms", type=float, default=1.0,
-                        help="also compare 4 connections and 1 against bench/sink.py holding "
-                        "back each reply this long, as a relay across a network (0: skip)")
+    parser.add_argument(
+        "--sink",
+        choices=["auto", "haproxy", "python"],
+        default="auto",
+        help="auto: haproxy + smtp-sink when installed, else bench/sink.py",
+    )
+    parser.add_argument(
+        "--network-delay-ms",
+        type=float,
+        default=1.0,
+        help="also compare 4 connections and 1 against bench/sink.py holding "
+        "back each reply this long, as a relay across a network (0: skip)",
+    )
     parser.add_argument("--network-size", type=int, default=3000)
-    parser.add_argument("--only-daemon", action="store_true",
-                        help="skip the comparison runs and the idle figures")
+    parser.add_argument(
+        "--only-daemon", action="store_true", help="skip the comparison runs and the idle figures"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kms-bench-") as tmp:
         bench = Bench(Path(tmp), args.profile, args.sink)
         await bench.start()
         try:
-            print(f"sink: {bench.sink_kind}" + (" (smtp-sink behind haproxy, implicit TLS)"
-                  if bench.sink_kind == "haproxy" else " (bench/sink.py, implicit TLS)"))
-            print("CPU s/1k: CPU seconds per 1,000 messages of the client under test; Kanidm and "
-                  "sink: of the two peers\n")
-            print(f"{'run':<40} {'msgs':>7} {'msg/s':>7} {'CPU s/1k':>9} {'peak MB':>9} "
-                  f"{'Kanidm':>9} {'sink':>7}")
+            print(
+                f"sink: {bench.sink_kind}"
+                + (
+                    " (smtp-sink behind haproxy, implicit TLS)"
+                    if bench.sink_kind == "haproxy"
+                    else " (bench/sink.py, implicit TLS)"
+                )
+            )
+            print(
+                "CPU s/1k: CPU seconds per 1,000 messages of the client under test; Kanidm and "
+                "sink: of the two peers\n"
+            )
+            print(
+                f"{'run':<40} {'msgs':>7} {'msg/s':>7} {'CPU s/1k':>9} {'peak MB':>9} "
+                f"{'Kanidm':>9} {'sink':>7}"
+            )
             results = {}
             for i, n in enumerate(int(x) for x in args.sizes.split(",")):
                 results[n] = await bench.run_daemon(f"daemon-{i}-{n}", n)
@@ -316,17 +372,23 @@ async def main() -> None:
             upstream = await bench.run_raw(n, 1)
             row("(c) raw, 1 worker: send, mark, next", n, upstream)
             rate = results[n]["rate"]
-            print(f"\ndaemon / (a) sequential path = {rate / seq['rate']:.2f}x   "
-                  f"daemon / (b) raw ceiling = {rate / raw['rate'] * 100:.0f} %   "
-                  f"daemon / (c) upstream-like = {rate / upstream['rate']:.2f}x")
+            print(
+                f"\ndaemon / (a) sequential path = {rate / seq['rate']:.2f}x   "
+                f"daemon / (b) raw ceiling = {rate / raw['rate'] * 100:.0f} %   "
+                f"daemon / (c) upstream-like = {rate / upstream['rate']:.2f}x"
+            )
             if args.network_delay_ms:
                 await network(bench, args.network_delay_ms, args.network_size)
             idle = await bench.idle(args.idle_seconds)
-            print(f"\nidle, empty queue, default schedule, {args.idle_seconds:.0f} s: "
-                  f"CPU {idle['cpu_percent']:.2f} %  RSS {idle['rss_mb']:.1f} MB")
-            print(f"ready-to-relay latency after the poll (median of 5, upper bound: until "
-                  f"mark-sent): {idle['latency_ms']:.1f} ms (max {idle['latency_max_ms']:.1f} "
-                  f"ms); plus the schedule's wait (here {idle['wait_ms']:.0f} ms median)")
+            print(
+                f"\nidle, empty queue, default schedule, {args.idle_seconds:.0f} s: "
+                f"CPU {idle['cpu_percent']:.2f} %  RSS {idle['rss_mb']:.1f} MB"
+            )
+            print(
+                f"ready-to-relay latency after the poll (median of 5, upper bound: until "
+                f"mark-sent): {idle['latency_ms']:.1f} ms (max {idle['latency_max_ms']:.1f} "
+                f"ms); plus the schedule's wait (here {idle['wait_ms']:.0f} ms median)"
+            )
         finally:
             await bench.stop()
 

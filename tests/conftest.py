@@ -28,9 +28,20 @@ from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 TOKEN = "test-token-abc.def.ghi"
 SMTP_AUTH = ("mailer", "s3cret-pässword")
 
-_ENV_TO_CLEAR = ("SSL_CERT_FILE", "SSL_CERT_DIR", "KANIDM_DEBUG", "CREDENTIALS_DIRECTORY",
-                 "STATE_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
-                 "KANIDM_MAIL_SENDER_LOG_FORMAT", "HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
+_ENV_TO_CLEAR = (
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "KANIDM_DEBUG",
+    "CREDENTIALS_DIRECTORY",
+    "STATE_DIRECTORY",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "KANIDM_MAIL_SENDER_LOG_FORMAT",
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "ALL_PROXY",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -64,8 +75,9 @@ async def kanidm(certs: Certs) -> AsyncIterator[KanidmStandIn]:
 async def relay_factory(certs: Certs) -> AsyncIterator[Callable[..., Awaitable[SmtpStandIn]]]:
     started: list[SmtpStandIn] = []
 
-    async def create(mode: str = "starttls", auth: tuple[str, str] | None = SMTP_AUTH,
-                     **kwargs: Any) -> SmtpStandIn:
+    async def create(
+        mode: str = "starttls", auth: tuple[str, str] | None = SMTP_AUTH, **kwargs: Any
+    ) -> SmtpStandIn:
         stand_in = SmtpStandIn(certs, mode=mode, auth=auth, **kwargs)  # type: ignore[arg-type]
         await stand_in.start()
         started.append(stand_in)
@@ -82,13 +94,20 @@ async def relay(relay_factory: Callable[..., Awaitable[SmtpStandIn]]) -> SmtpSta
 
 
 @pytest.fixture
-def config_files(tmp_path: Path, kanidm: KanidmStandIn, relay: SmtpStandIn,
-                 certs: Certs) -> Callable[..., tuple[Path, Path]]:
+def config_files(
+    tmp_path: Path, kanidm: KanidmStandIn, relay: SmtpStandIn, certs: Certs
+) -> Callable[..., tuple[Path, Path]]:
     def create(**overrides: Any) -> tuple[Path, Path]:
         target = overrides.pop("relay", relay)
         token = overrides.pop("token", TOKEN)
-        return write_configs(tmp_path / "config", kanidm_url=kanidm.url, token=token,
-                             relay=target, certs=certs, **overrides)
+        return write_configs(
+            tmp_path / "config",
+            kanidm_url=kanidm.url,
+            token=token,
+            relay=target,
+            certs=certs,
+            **overrides,
+        )
 
     return create
 
@@ -96,8 +115,9 @@ def config_files(tmp_path: Path, kanidm: KanidmStandIn, relay: SmtpStandIn,
 class Harness:
     """An engine wired to the stand-ins, as the daemon wires it."""
 
-    def __init__(self, engine: Engine, journal: Journal, client: KanidmClient,
-                 smtp: SmtpRelay) -> None:
+    def __init__(
+        self, engine: Engine, journal: Journal, client: KanidmClient, smtp: SmtpRelay
+    ) -> None:
         self.engine = engine
         self.journal = journal
         self.client = client
@@ -115,30 +135,54 @@ async def harness_factory(
 ) -> AsyncIterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
-    def create(settings: EngineSettings | None = None, clock: Callable[[], float] | None = None,
-               **overrides: Any) -> Harness:
+    def create(
+        settings: EngineSettings | None = None,
+        clock: Callable[[], float] | None = None,
+        **overrides: Any,
+    ) -> Harness:
         client_path, mail_path = config_files(**overrides)
         client_config = load_client_config(client_path).config
         config = load_mail_config(mail_path, environ={}).config
         journal = Journal(config.state_dir or tmp_path / "state")
         client = make_kanidm(Configs(config, client_config))
-        smtp = SmtpRelay(config.relay, tls_context=build_tls_context(config.mail_ca_path),
-                         credentials=config.credentials(), helo_name="sender.test",
-                         connect_timeout=5, command_timeout=config.mail_timeout_seconds,
-                         max_connections=config.mail_max_connections)
-        renderer = Renderer(instance_display_name=config.instance_display_name,
-                            instance_url=config.instance_url, template_dir=config.template_dir)
-        identity = MailIdentity(config.instance_display_name, config.mail_from_address,
-                                config.mail_reply_to_address)
-        engine = Engine(source=client, transport=smtp, journal=journal, renderer=renderer,
-                        identity=identity,
-                        settings=settings or EngineSettings(
-                            send_workers=config.mail_max_connections, retry_initial=30,
-                            mark_retry_initial=0.05, mark_retry_max=0.2,
-                            list_retry_initial=0.01, list_retry_max=0.01,
-                            relay_pause_initial=0.05, relay_pause_max=0.2,
-                            throttle_initial=0.05, throttle_max=0.2),
-                        clock=clock or time.time)
+        smtp = SmtpRelay(
+            config.relay,
+            tls_context=build_tls_context(config.mail_ca_path),
+            credentials=config.credentials(),
+            helo_name="sender.test",
+            connect_timeout=5,
+            command_timeout=config.mail_timeout_seconds,
+            max_connections=config.mail_max_connections,
+        )
+        renderer = Renderer(
+            instance_display_name=config.instance_display_name,
+            instance_url=config.instance_url,
+            template_dir=config.template_dir,
+        )
+        identity = MailIdentity(
+            config.instance_display_name, config.mail_from_address, config.mail_reply_to_address
+        )
+        engine = Engine(
+            source=client,
+            transport=smtp,
+            journal=journal,
+            renderer=renderer,
+            identity=identity,
+            settings=settings
+            or EngineSettings(
+                send_workers=config.mail_max_connections,
+                retry_initial=30,
+                mark_retry_initial=0.05,
+                mark_retry_max=0.2,
+                list_retry_initial=0.01,
+                list_retry_max=0.01,
+                relay_pause_initial=0.05,
+                relay_pause_max=0.2,
+                throttle_initial=0.05,
+                throttle_max=0.2,
+            ),
+            clock=clock or time.time,
+        )
         engine.start()
         harness = Harness(engine, journal, client, smtp)
         made.append(harness)

@@ -25,16 +25,20 @@ IS_ROOT = os.geteuid() == 0 or os.getegid() == 0
 
 
 def env(**extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("KANIDM", "SSL_CERT", "CREDENTIALS", "STATE_DIR", "NOTIFY"))}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KANIDM", "SSL_CERT", "CREDENTIALS", "STATE_DIR", "NOTIFY"))
+    }
     return {**base, **extra}
 
 
-async def run(args: list[str], *, environ: dict[str, str] | None = None,
-              timeout: float = 30) -> tuple[int, str, str]:
+async def run(
+    args: list[str], *, environ: dict[str, str] | None = None, timeout: float = 30
+) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=environ or env())
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=environ or env()
+    )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -56,8 +60,9 @@ async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> t
 
 
 async def start(args: list[str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE, env=env())
+    return await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env()
+    )
 
 
 async def test_version_and_help() -> None:
@@ -65,16 +70,24 @@ async def test_version_and_help() -> None:
     assert (code, out.strip()) == (0, f"kanidm-mail-sender {__version__}")
     code, out, _ = await run([sys.executable, "-m", "kanidm_mail_sender", "--help"])
     assert code == 0
-    for flag in ("--client-config", "--mail-sender-config", "--test-email", "--debug",
-                 "--render", "--check"):
+    for flag in (
+        "--client-config",
+        "--mail-sender-config",
+        "--test-email",
+        "--debug",
+        "--render",
+        "--check",
+    ):
         assert flag in out
     assert "--skip-root-check" not in out
 
 
 @pytest.mark.parametrize("value", ["maybe", "2"])
 async def test_bad_kanidm_debug_is_a_usage_error(value: str, tmp_path: Path) -> None:
-    code, _, err = await run([sys.executable, "-m", "kanidm_mail_sender", "-c", str(tmp_path)],
-                             environ=env(KANIDM_DEBUG=value))
+    code, _, err = await run(
+        [sys.executable, "-m", "kanidm_mail_sender", "-c", str(tmp_path)],
+        environ=env(KANIDM_DEBUG=value),
+    )
     assert code == 2
     assert "KANIDM_DEBUG" in err
 
@@ -100,14 +113,17 @@ async def test_invalid_config_exits_3_without_leaking_secrets(
 @pytest.mark.skipif(not IS_ROOT, reason="needs to run as root to see the refusal")
 async def test_refuses_root_without_skip(config_files: ConfigFiles) -> None:
     client, mail = config_files()
-    code, _, err = await run([sys.executable, "-m", "kanidm_mail_sender", "-c", str(client),
-                              "-m", str(mail)])
+    code, _, err = await run(
+        [sys.executable, "-m", "kanidm_mail_sender", "-c", str(client), "-m", str(mail)]
+    )
     assert code == 4
     assert "refusing to run as root" in err
 
 
 async def test_test_mode_sends_one_mail_without_kanidm(
-    config_files: ConfigFiles, daemon_command: Command, kanidm: KanidmStandIn,
+    config_files: ConfigFiles,
+    daemon_command: Command,
+    kanidm: KanidmStandIn,
     relay: SmtpStandIn,
 ) -> None:
     client, mail = config_files()
@@ -135,7 +151,9 @@ async def test_test_mode_failure_exits_nonzero(
 
 
 async def test_daemon_delivers_ignores_hup_and_stops_cleanly_on_term(
-    config_files: ConfigFiles, daemon_command: Command, kanidm: KanidmStandIn,
+    config_files: ConfigFiles,
+    daemon_command: Command,
+    kanidm: KanidmStandIn,
     relay: SmtpStandIn,
 ) -> None:
     ids = [kanidm.queue_test_message(f"u{i}@example.com") for i in range(3)]
@@ -155,7 +173,9 @@ async def test_daemon_delivers_ignores_hup_and_stops_cleanly_on_term(
 
 
 async def test_mark_sent_401_stops_the_daemon_nonzero(
-    config_files: ConfigFiles, daemon_command: Command, kanidm: KanidmStandIn,
+    config_files: ConfigFiles,
+    daemon_command: Command,
+    kanidm: KanidmStandIn,
     relay: SmtpStandIn,
 ) -> None:
     kanidm.queue_test_message("a@example.com")
@@ -177,7 +197,9 @@ async def test_schedule_without_future_fire_time_exits(
 
 
 async def test_second_instance_on_one_state_dir_exits(
-    config_files: ConfigFiles, daemon_command: Command, kanidm: KanidmStandIn,
+    config_files: ConfigFiles,
+    daemon_command: Command,
+    kanidm: KanidmStandIn,
 ) -> None:
     client, mail = config_files()
     first = await start(daemon_command(client, mail))
@@ -190,8 +212,11 @@ async def test_second_instance_on_one_state_dir_exits(
 
 
 async def test_kill_9_between_acceptance_and_mark_does_not_resend(
-    config_files: ConfigFiles, daemon_command: Command, kanidm: KanidmStandIn,
-    relay: SmtpStandIn, tmp_path: Path,
+    config_files: ConfigFiles,
+    daemon_command: Command,
+    kanidm: KanidmStandIn,
+    relay: SmtpStandIn,
+    tmp_path: Path,
 ) -> None:
     message = kanidm.queue_credential_reset("alice@example.com")
     kanidm.faults.mark_delay = 60  # the mark hangs: the crash lands after relay acceptance
@@ -226,7 +251,9 @@ async def test_render_prints_the_whole_mail(
 
 
 async def test_check_passes_on_a_good_setup(
-    config_files: ConfigFiles, daemon_command: Command, relay: SmtpStandIn,
+    config_files: ConfigFiles,
+    daemon_command: Command,
+    relay: SmtpStandIn,
     kanidm: KanidmStandIn,
 ) -> None:
     kanidm.queue_test_message("a@example.com")
@@ -240,7 +267,9 @@ async def test_check_passes_on_a_good_setup(
 
 
 async def test_check_reports_bad_token_and_bad_relay_password(
-    config_files: ConfigFiles, daemon_command: Command, relay: SmtpStandIn,
+    config_files: ConfigFiles,
+    daemon_command: Command,
+    relay: SmtpStandIn,
 ) -> None:
     client, mail = config_files(token="wrong-token", mail_password="wrong")
     code, out, _ = await run(daemon_command(client, mail, "--check"))

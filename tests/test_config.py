@@ -68,8 +68,7 @@ def test_defaults_match_upstream(tmp_path: Path) -> None:
         ({"mail_relay": "smtp://relay:99999"}, "mail_relay", "port"),
         ({"mail_from_address": "not-an-address"}, "mail_from_address", "local-part@domain"),
         ({"mail_reply_to_address": "a@-bad-.com"}, "mail_reply_to_address", "host name"),
-        ({"instance_display_name": "Evil\r\nBcc: x@y.z"}, "instance_display_name",
-         "line breaks"),
+        ({"instance_display_name": "Evil\r\nBcc: x@y.z"}, "instance_display_name", "line breaks"),
         ({"schedule": "* * * * *"}, "schedule", "5 fields"),
         ({"schedule": "0 0 0 * * 0"}, "schedule", "outside day of week"),
         ({"mail_connect_timeout_seconds": 0}, "mail_connect_timeout_seconds", "greater"),
@@ -126,8 +125,12 @@ def test_secrets_never_appear_in_repr_or_errors(tmp_path: Path) -> None:
 def test_secrets_from_files(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("from-file-token\n")
     (tmp_path / "pw").write_text("from-file-password\n")
-    data = with_(token=None, token_file=str(tmp_path / "token"), mail_username="u",
-                 mail_password_file=str(tmp_path / "pw"))
+    data = with_(
+        token=None,
+        token_file=str(tmp_path / "token"),
+        mail_username="u",
+        mail_password_file=str(tmp_path / "pw"),
+    )
     config = load_mail_config(write(tmp_path, data), environ={}).config
     assert config.token.get_secret_value() == "from-file-token"
     assert config.credentials() == ("u", "from-file-password")
@@ -177,19 +180,32 @@ def test_unreadable_secret_file(tmp_path: Path) -> None:
         ("smtp://relay?tls=none", "relay", 587, False, None, None),
     ],
 )
-def test_relay_urls(url: str, host: str, port: int, implicit: bool, helo: str | None,
-                    creds: tuple[str, str] | None) -> None:
+def test_relay_urls(
+    url: str, host: str, port: int, implicit: bool, helo: str | None, creds: tuple[str, str] | None
+) -> None:
     relay = parse_relay_url(url)
     assert (relay.host, relay.port, relay.implicit_tls, relay.helo_name) == (
-        host, port, implicit, helo)
+        host,
+        port,
+        implicit,
+        helo,
+    )
     got = (relay.url_username, relay.url_password) if relay.url_username else None
     assert got == creds
     assert "p/w" not in relay.describe()
 
 
 def test_client_config(tmp_path: Path) -> None:
-    path = write(tmp_path, {"uri": "https://idm.example.com/ignored/path", "verify_ca": False,
-                            "connect_timeout": 3, "staging": {"uri": "https://other"}}, "config")
+    path = write(
+        tmp_path,
+        {
+            "uri": "https://idm.example.com/ignored/path",
+            "verify_ca": False,
+            "connect_timeout": 3,
+            "staging": {"uri": "https://other"},
+        },
+        "config",
+    )
     loaded = load_client_config(path)
     assert loaded.config.base_url == "https://idm.example.com"
     assert loaded.config.connect_timeout == 3

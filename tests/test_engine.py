@@ -127,8 +127,9 @@ async def test_unknown_template_and_odd_entries_do_not_stop_the_rest(
     with capture_logs() as logs:
         await harness.cycle()
         await harness.cycle()
-    assert delivered(relay) == Counter({"twice@example.com": 1, "long@example.com": 1,
-                                        "crlf@example.com": 1})
+    assert delivered(relay) == Counter(
+        {"twice@example.com": 1, "long@example.com": 1, "crlf@example.com": 1}
+    )
     assert set(kanidm.sent()) == {dup, long_name, crlf}
     assert empty in kanidm.unsent()
     skipped = [e for e in logs if e["event"] == "message.skipped"]
@@ -262,7 +263,10 @@ async def test_mark_sent_404_forgets_and_goes_on(
 
 @pytest.mark.parametrize(("status", "fragment"), [(401, "expired"), (403, "read-write")])
 async def test_mark_sent_auth_errors_are_fatal(
-    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn, status: int,
+    harness_factory: Factory,
+    kanidm: KanidmStandIn,
+    relay: SmtpStandIn,
+    status: int,
     fragment: str,
 ) -> None:
     kanidm.queue_test_message("a@example.com")
@@ -326,8 +330,9 @@ async def test_fault_campaign(
         deliverable[kanidm.queue_test_message(f"plain{i}@example.com")] = [f"plain{i}@example.com"]
     for i in range(5):
         # The test clock jumps an hour per poll: give these resets a day.
-        deliverable[kanidm.queue_credential_reset(f"reset{i}@example.com",
-                                                  expires_in=86400)] = [f"reset{i}@example.com"]
+        deliverable[kanidm.queue_credential_reset(f"reset{i}@example.com", expires_in=86400)] = [
+            f"reset{i}@example.com"
+        ]
     for i in range(5):
         dests = [f"m{i}a@example.com", f"m{i}b@example.com", f"m{i}c@example.com"]
         relay.faults.rcpt_replies[dests[1]] = ["451 4.7.1 greylisted"]
@@ -338,8 +343,9 @@ async def test_fault_campaign(
     for i in range(2):
         relay.faults.rcpt_replies[f"busy{i}@example.com"] = ["421 4.3.2 busy"]
         deliverable[kanidm.queue_test_message(f"busy{i}@example.com")] = [f"busy{i}@example.com"]
-    expired = [kanidm.queue_credential_reset(f"late{i}@example.com", expires_in=-1)
-               for i in range(3)]
+    expired = [
+        kanidm.queue_credential_reset(f"late{i}@example.com", expires_in=-1) for i in range(3)
+    ]
     rejected = []
     for i in range(3):
         relay.faults.rcpt_replies[f"nobody{i}@example.com"] = ["550 5.1.1 unknown"] * 9
@@ -359,6 +365,9 @@ async def test_fault_campaign(
     assert delivered(relay) == expected  # exactly one mail per destination
     assert not any(d.startswith("late") for d in delivered(relay))
     assert set(kanidm.unsent()) == set(expired) | set(rejected) | set(unknown)
-    explained = {e.get("message_id") for e in logs
-                 if e["event"] in ("message.expired", "mail.rejected", "message.skipped")}
+    explained = {
+        e.get("message_id")
+        for e in logs
+        if e["event"] in ("message.expired", "mail.rejected", "message.skipped")
+    }
     assert {str(i) for i in [*expired, *rejected, *unknown]} <= explained

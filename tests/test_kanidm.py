@@ -25,8 +25,11 @@ BASE = "https://idm.example.com"
 
 def client(router: respx.MockRouter) -> KanidmClient:
     config = ClientConfig(uri=f"{BASE}/some/path")
-    return KanidmClient(build_http_client(config, "the-token", timeout=2,
-                                          transport=httpx.MockTransport(router.async_handler)))
+    return KanidmClient(
+        build_http_client(
+            config, "the-token", timeout=2, transport=httpx.MockTransport(router.async_handler)
+        )
+    )
 
 
 async def test_mark_sent_is_a_post_of_null_with_bearer_and_user_agent() -> None:
@@ -49,14 +52,17 @@ async def test_ready_is_listed_with_a_get_at_the_server_root() -> None:
 
 @pytest.mark.parametrize(
     ("status", "body", "error", "fragment"),
-    [(401, '"sessionexpired"', KanidmAuthError, "expired or been revoked"),
-     (403, '"accessdenied"', KanidmAuthError, "idm_message_senders"),
-     (404, '"nomatchingentries"', KanidmNotFound, "404"),
-     (500, '"resourcelimit"', KanidmResponseError, "500 \"resourcelimit\""),
-     (201, "null", KanidmResponseError, "201")],
+    [
+        (401, '"sessionexpired"', KanidmAuthError, "expired or been revoked"),
+        (403, '"accessdenied"', KanidmAuthError, "idm_message_senders"),
+        (404, '"nomatchingentries"', KanidmNotFound, "404"),
+        (500, '"resourcelimit"', KanidmResponseError, '500 "resourcelimit"'),
+        (201, "null", KanidmResponseError, "201"),
+    ],
 )
-async def test_statuses_map_to_our_errors(status: int, body: str, error: type[Exception],
-                                          fragment: str) -> None:
+async def test_statuses_map_to_our_errors(
+    status: int, body: str, error: type[Exception], fragment: str
+) -> None:
     router = respx.MockRouter()
     router.post(f"{BASE}/scim/v1/Message/{MID}/_sent").respond(status, content=body.encode())
     with pytest.raises(error, match=fragment):

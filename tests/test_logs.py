@@ -26,8 +26,14 @@ def test_text_lines_quote_only_what_needs_it_and_redact_secrets() -> None:
     configure_logging(debug=False, json=False, stream=stream)
     log = structlog.get_logger("t")
     log.debug("hidden")
-    log.warning("kanidm.mark_failed", message_id="0a93", error='Kanidm answered 500 "x"',
-                attempts=2, password="hunter2", note="")
+    log.warning(
+        "kanidm.mark_failed",
+        message_id="0a93",
+        error='Kanidm answered 500 "x"',
+        attempts=2,
+        password="hunter2",
+        note="",
+    )
     try:
         raise RuntimeError("boom")
     except RuntimeError:

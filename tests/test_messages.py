@@ -24,7 +24,8 @@ READY: dict[str, Any] = {
     "totalResults": 2,
     "resources": [
         {
-            "schemas": [], "id": "0a9318dc-920f-4944-9ce4-91b4322b5dad",
+            "schemas": [],
+            "id": "0a9318dc-920f-4944-9ce4-91b4322b5dad",
             "class": ["object", "outbound_message"],
             "delete_after": "2026-02-25T02:49:43.163072419Z",
             "mail_destination": [{"primary": True, "value": "ellie@example.com"}],
@@ -32,16 +33,21 @@ READY: dict[str, Any] = {
             "send_after": "2026-02-18T02:49:43.163072419Z",
         },
         {
-            "schemas": [], "id": "6f1c2d4e-8a3b-4c5d-9e7f-0123456789ab",
+            "schemas": [],
+            "id": "6f1c2d4e-8a3b-4c5d-9e7f-0123456789ab",
             "class": ["object", "outbound_message"],
             "delete_after": "2026-02-25T03:00:05.5Z",
             "mail_destination": [
                 {"primary": False, "value": "alice.backup@example.org"},
                 {"primary": True, "value": "alice@example.com"},
             ],
-            "message_template": {"CredentialResetV1": {
-                "display_name": "Alice Example", "intent_id": "k4p9x-2hzat-vqe7c-83wbj",
-                "expiry_time": 1771387205}},
+            "message_template": {
+                "CredentialResetV1": {
+                    "display_name": "Alice Example",
+                    "intent_id": "k4p9x-2hzat-vqe7c-83wbj",
+                    "expiry_time": 1771387205,
+                }
+            },
             "send_after": "2026-02-18T03:00:05.5Z",
         },
     ],
@@ -52,7 +58,7 @@ def stream(body: bytes, size: int) -> list[Any]:
     parser = ReadyListParser()
     out: list[Any] = []
     for start in range(0, len(body), size):
-        out.extend(parser.feed(body[start:start + size]))
+        out.extend(parser.feed(body[start : start + size]))
     out.extend(parser.feed(b"", final=True))
     return out
 
@@ -82,8 +88,12 @@ def test_empty_queue_and_key_order() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b'{"schemas":[],"resources":[{"id":1}', b'{"schemas":[]} trailing', b'[1,2]',
-     b'{"resources":[1 2]}'],
+    [
+        b'{"schemas":[],"resources":[{"id":1}',
+        b'{"schemas":[]} trailing',
+        b"[1,2]",
+        b'{"resources":[1 2]}',
+    ],
 )
 def test_truncated_or_invalid_bodies_raise(body: bytes) -> None:
     with pytest.raises(ValueError, match="ready messages"):
@@ -97,26 +107,45 @@ def test_extra_keys_are_tolerated() -> None:
 
 
 def test_duplicate_destinations_are_sent_once() -> None:
-    resource = dict(READY["resources"][0], mail_destination=[
-        {"primary": True, "value": "a@example.com"}, {"primary": False, "value": "a@example.com"}])
+    resource = dict(
+        READY["resources"][0],
+        mail_destination=[
+            {"primary": True, "value": "a@example.com"},
+            {"primary": False, "value": "a@example.com"},
+        ],
+    )
     assert parse_resource(resource).destinations == ("a@example.com",)
 
 
 @pytest.mark.parametrize(
     ("change", "error", "fragment"),
     [
-        ({"message_template": {"PasswordExpiryV1": {"display_name": "x"}}}, UnknownTemplate,
-         "unknown template variant 'PasswordExpiryV1'"),
+        (
+            {"message_template": {"PasswordExpiryV1": {"display_name": "x"}}},
+            UnknownTemplate,
+            "unknown template variant 'PasswordExpiryV1'",
+        ),
         ({"id": "not-a-uuid"}, MalformedMessage, "not a UUID"),
-        ({"message_template": {"CredentialResetV1": {"display_name": "x", "intent_id": "i",
-                                                     "expiry_time": "soon"}}},
-         MalformedMessage, "expiry_time"),
+        (
+            {
+                "message_template": {
+                    "CredentialResetV1": {
+                        "display_name": "x",
+                        "intent_id": "i",
+                        "expiry_time": "soon",
+                    }
+                }
+            },
+            MalformedMessage,
+            "expiry_time",
+        ),
         ({"mail_destination": "a@b.c"}, MalformedMessage, "not a list"),
         ({"message_template": None}, MalformedMessage, "one-key object"),
     ],
 )
-def test_bad_entries_raise_with_their_id(change: dict[str, Any], error: type[Exception],
-                                         fragment: str) -> None:
+def test_bad_entries_raise_with_their_id(
+    change: dict[str, Any], error: type[Exception], fragment: str
+) -> None:
     resource = dict(READY["resources"][0], **change)
     with pytest.raises(error, match=fragment):
         parse_resource(resource)

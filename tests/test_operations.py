@@ -73,8 +73,13 @@ def test_sd_notify_messages_reach_the_socket(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(path))
         sock.settimeout(2)
-        notifier = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "4000000",
-                             "WATCHDOG_PID": str(os.getpid())})
+        notifier = Notifier(
+            {
+                "NOTIFY_SOCKET": str(path),
+                "WATCHDOG_USEC": "4000000",
+                "WATCHDOG_PID": str(os.getpid()),
+            }
+        )
         assert notifier.watchdog_interval == 2.0
         notifier.ready("polling")
         notifier.watchdog()
@@ -114,10 +119,12 @@ def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("ids", "skip", "refused"),
-    [(Identity(1000, 1000, 1000, 1000), False, False),
-     (Identity(0, 0, 0, 0), False, True),
-     (Identity(1000, 1000, 0, 1000), False, True),
-     (Identity(1000, 0, 1000, 1000), True, False)],
+    [
+        (Identity(1000, 1000, 1000, 1000), False, False),
+        (Identity(0, 0, 0, 0), False, True),
+        (Identity(1000, 1000, 0, 1000), False, True),
+        (Identity(1000, 0, 1000, 1000), True, False),
+    ],
 )
 def test_root_refusal(ids: Identity, skip: bool, refused: bool) -> None:
     if refused:
@@ -130,11 +137,16 @@ def test_root_refusal(ids: Identity, skip: bool, refused: bool) -> None:
 
 @pytest.mark.parametrize(
     ("mode", "owner", "fragment"),
-    [(0o600, "self", "modify its own config"), (0o400, "self", None),
-     (0o644, "other", "readable by all users"), (0o666, "other", "modify its own config")],
+    [
+        (0o600, "self", "modify its own config"),
+        (0o400, "self", None),
+        (0o644, "other", "readable by all users"),
+        (0o666, "other", "modify its own config"),
+    ],
 )
-def test_config_permission_warnings(tmp_path: Path, mode: int, owner: str,
-                                    fragment: str | None) -> None:
+def test_config_permission_warnings(
+    tmp_path: Path, mode: int, owner: str, fragment: str | None
+) -> None:
     path = tmp_path / "mail-sender"
     path.write_text("")
     path.chmod(mode)

@@ -53,8 +53,12 @@ async def test_each_answer_reaches_its_own_caller(
 ) -> None:
     first, last = kanidm.queue_test_message("a@example.com"), kanidm.queue_test_message("b@x.y")
     unknown = uuid4()
-    results = await asyncio.gather(pipeline.mark_sent(first), pipeline.mark_sent(unknown),
-                                   pipeline.mark_sent(last), return_exceptions=True)
+    results = await asyncio.gather(
+        pipeline.mark_sent(first),
+        pipeline.mark_sent(unknown),
+        pipeline.mark_sent(last),
+        return_exceptions=True,
+    )
     assert results[0] is None
     assert results[2] is None
     assert isinstance(results[1], KanidmNotFound)
@@ -62,16 +66,18 @@ async def test_each_answer_reaches_its_own_caller(
     assert sorted(kanidm.sent()) == sorted([first, last])
 
 
-@pytest.mark.parametrize(("status", "error"), [(503, KanidmResponseError),
-                                               (401, KanidmAuthError),
-                                               (403, KanidmAuthError)])
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(503, KanidmResponseError), (401, KanidmAuthError), (403, KanidmAuthError)],
+)
 async def test_error_statuses_map_to_our_errors(
     kanidm: KanidmStandIn, pipeline: MarkPipeline, status: int, error: type[Exception]
 ) -> None:
     failing, fine = kanidm.queue_test_message("a@x.y"), kanidm.queue_test_message("b@x.y")
     kanidm.faults.mark_statuses = [status]
-    results = await asyncio.gather(pipeline.mark_sent(failing), pipeline.mark_sent(fine),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        pipeline.mark_sent(failing), pipeline.mark_sent(fine), return_exceptions=True
+    )
     assert type(results[0]) is error
     assert str(status) in str(results[0])
     assert results[1] is None
@@ -145,8 +151,7 @@ async def scripted(certs: Certs) -> AsyncIterator[Callable[[Script], Awaitable[s
             finally:
                 writer.close()
 
-        server = await asyncio.start_server(connection, "127.0.0.1", 0,
-                                            ssl=certs.server_context())
+        server = await asyncio.start_server(connection, "127.0.0.1", 0, ssl=certs.server_context())
         servers.append(server)
         return f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
@@ -196,13 +201,16 @@ async def test_interim_chunked_and_closing_answers(
     ``Connection: close`` answer is written again on a new connection."""
     handled: list[str] = []
 
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     number: int) -> None:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int
+    ) -> None:
         if number == 1:
             for _ in range(3):  # all three are pipelined on the first connection
                 handled.append((await read_request(reader))[0].split(" ")[1])
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"
-                         b"Transfer-Encoding: chunked\r\n\r\n2\r\nnu\r\n2\r\nll\r\n0\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n2\r\nnu\r\n2\r\nll\r\n0\r\n\r\n"
+            )
             writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\nnull")
             await writer.drain()
             return

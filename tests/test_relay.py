@@ -35,9 +35,13 @@ def envelope(to: str = "rcpt@example.com") -> Envelope:
     renderer = Renderer(instance_display_name="Kanidm", instance_url="https://idm.example.com")
     message_id = uuid4()
     rendered = renderer.render(TestMessageV1("Rita"), message_id=message_id, destination=to)
-    return build_message(rendered, identity=MailIdentity("Kanidm", "idm@example.com",
-                                                         "help@example.com"),
-                         destination=to, message_id=message_id, date=datetime.now(UTC))
+    return build_message(
+        rendered,
+        identity=MailIdentity("Kanidm", "idm@example.com", "help@example.com"),
+        destination=to,
+        message_id=message_id,
+        date=datetime.now(UTC),
+    )
 
 
 _OPEN: list[SmtpRelay] = []
@@ -50,13 +54,24 @@ async def _close_clients() -> AsyncIterator[None]:
         await _OPEN.pop().close()
 
 
-def client(stand_in: SmtpStandIn, certs: Certs, *, auth: tuple[str, str] | None = SMTP_AUTH,
-           context: ssl.SSLContext | None = None, command_timeout: float = 5,
-           max_connections: int = 4) -> SmtpRelay:
-    smtp = SmtpRelay(parse_relay_url(stand_in.url),
-                     tls_context=context or build_tls_context(certs.ca_path),
-                     credentials=auth, helo_name="sender.test", connect_timeout=5,
-                     command_timeout=command_timeout, max_connections=max_connections)
+def client(
+    stand_in: SmtpStandIn,
+    certs: Certs,
+    *,
+    auth: tuple[str, str] | None = SMTP_AUTH,
+    context: ssl.SSLContext | None = None,
+    command_timeout: float = 5,
+    max_connections: int = 4,
+) -> SmtpRelay:
+    smtp = SmtpRelay(
+        parse_relay_url(stand_in.url),
+        tls_context=context or build_tls_context(certs.ca_path),
+        credentials=auth,
+        helo_name="sender.test",
+        connect_timeout=5,
+        command_timeout=command_timeout,
+        max_connections=max_connections,
+    )
     _OPEN.append(smtp)
     return smtp
 
@@ -110,8 +125,7 @@ async def test_wrong_password_is_relay_wide(relay: SmtpStandIn, certs: Certs) ->
 
 
 @pytest.mark.parametrize("mode", ["starttls", "smtps"])
-async def test_unknown_ca_is_rejected(mode: str, relay_factory: RelayFactory,
-                                      certs: Certs) -> None:
+async def test_unknown_ca_is_rejected(mode: str, relay_factory: RelayFactory, certs: Certs) -> None:
     stand_in = await relay_factory(mode=mode)
     smtp = client(stand_in, certs, context=build_tls_context(None))
     with pytest.raises(RelayMisconfigured, match="TLS"):
@@ -121,12 +135,17 @@ async def test_unknown_ca_is_rejected(mode: str, relay_factory: RelayFactory,
 
 @pytest.mark.parametrize(
     ("reply", "error"),
-    [("550 5.1.1 no such user", DeliveryRejected), ("451 4.3.0 try later", DeliveryDeferred),
-     ("421 4.7.0 closing", RelayUnavailable), ("450 4.7.1 rate limit exceeded", RelayThrottled),
-     ("452 4.7.1 slow down", RelayThrottled)],
+    [
+        ("550 5.1.1 no such user", DeliveryRejected),
+        ("451 4.3.0 try later", DeliveryDeferred),
+        ("421 4.7.0 closing", RelayUnavailable),
+        ("450 4.7.1 rate limit exceeded", RelayThrottled),
+        ("452 4.7.1 slow down", RelayThrottled),
+    ],
 )
-async def test_recipient_replies_are_classified(relay: SmtpStandIn, certs: Certs, reply: str,
-                                                error: type[Exception]) -> None:
+async def test_recipient_replies_are_classified(
+    relay: SmtpStandIn, certs: Certs, reply: str, error: type[Exception]
+) -> None:
     relay.faults.rcpt_replies["bad@example.com"] = [reply]
     smtp = client(relay, certs)
     with pytest.raises(error, match=reply.split()[0]):

@@ -16,13 +16,17 @@ from kanidm_mail_sender.messages import CredentialResetV1, TestMessageV1
 from kanidm_mail_sender.render import Renderer, action_url
 
 MID = UUID("6f1c2d4e-8a3b-4c5d-9e7f-0123456789ab")
-RESET = CredentialResetV1("Alice Example", "k4p9x-2hzat-vqe7c-83wbj",
-                          datetime(2026, 2, 18, 4, 0, 5, tzinfo=UTC))
+RESET = CredentialResetV1(
+    "Alice Example", "k4p9x-2hzat-vqe7c-83wbj", datetime(2026, 2, 18, 4, 0, 5, tzinfo=UTC)
+)
 
 
 def renderer(template_dir: Path | None = None, name: str = "Kanidm Localhost") -> Renderer:
-    return Renderer(instance_display_name=name, instance_url="https://idm.example.com",
-                    template_dir=template_dir)
+    return Renderer(
+        instance_display_name=name,
+        instance_url="https://idm.example.com",
+        template_dir=template_dir,
+    )
 
 
 def test_credential_reset_content_in_upstream_order() -> None:
@@ -32,9 +36,12 @@ def test_credential_reset_content_in_upstream_order() -> None:
     reset = "https://idm.example.com/ui/reset?token=k4p9x-2hzat-vqe7c-83wbj"
     revoke = "https://idm.example.com/ui/revoke?token=k4p9x-2hzat-vqe7c-83wbj"
     assert lines[0] == "Hello Alice Example,"
-    order = [lines.index(reset), next(i for i, x in enumerate(lines) if
-                                      "Wed, 18 Feb 2026 04:00:05 +0000" in x),
-             next(i for i, x in enumerate(lines) if "did not ask" in x), lines.index(revoke)]
+    order = [
+        lines.index(reset),
+        next(i for i, x in enumerate(lines) if "Wed, 18 Feb 2026 04:00:05 +0000" in x),
+        next(i for i, x in enumerate(lines) if "did not ask" in x),
+        lines.index(revoke),
+    ]
     assert order == sorted(order)
     assert lines[-2:] == ["", f"msg_id: {MID}"]
     assert not mail.text.endswith(" \n")
@@ -53,8 +60,10 @@ def test_test_message_content() -> None:
     [
         ("https://idm.example.com", "https://idm.example.com/ui/reset?token=a+b"),
         ("https://idm.example.com/kanidm/", "https://idm.example.com/ui/reset?token=a+b"),
-        ("https://idm.example.com:8443/?x=1#frag",
-         "https://idm.example.com:8443/ui/reset?x=1&token=a+b#frag"),
+        (
+            "https://idm.example.com:8443/?x=1#frag",
+            "https://idm.example.com:8443/ui/reset?x=1&token=a+b#frag",
+        ),
     ],
 )
 def test_links_replace_the_path_and_append_the_token(base: str, expected: str) -> None:
@@ -73,12 +82,17 @@ def test_override_replaces_one_file_and_the_rest_fall_back(tmp_path: Path) -> No
 
 def test_html_override_makes_multipart_alternative_with_escaping(tmp_path: Path) -> None:
     (tmp_path / "test_message_v1.html.j2").write_text(
-        "<p>Hello {{ display_name }} from {{ instance_display_name }}</p>\n")
+        "<p>Hello {{ display_name }} from {{ instance_display_name }}</p>\n"
+    )
     r = renderer(tmp_path, name="<script>alert(1)</script>")
     rendered = r.render(TestMessageV1("<b>Eve</b>"), message_id=MID, destination="e@x.org")
-    envelope = build_message(rendered, identity=MailIdentity("<script>", "i@x.org", "r@x.org"),
-                             destination="e@x.org", message_id=MID,
-                             date=datetime.now(UTC))
+    envelope = build_message(
+        rendered,
+        identity=MailIdentity("<script>", "i@x.org", "r@x.org"),
+        destination="e@x.org",
+        message_id=MID,
+        date=datetime.now(UTC),
+    )
     msg = email.message_from_bytes(envelope.data, policy=email.policy.default)
     assert msg.get_content_type() == "multipart/alternative"
     text, html = msg.iter_parts()
@@ -109,9 +123,12 @@ def test_headers_of_a_reset_mail() -> None:
     rendered = renderer().render(RESET, message_id=MID, destination="alice.backup@example.org")
     date = datetime(2026, 2, 18, 3, 0, 6, tzinfo=UTC)
     envelope = build_message(
-        rendered, identity=MailIdentity("Kanidm Localhost", "kanidm@example.com",
-                                        "tobias@example.com"),
-        destination="alice.backup@example.org", message_id=MID, date=date)
+        rendered,
+        identity=MailIdentity("Kanidm Localhost", "kanidm@example.com", "tobias@example.com"),
+        destination="alice.backup@example.org",
+        message_id=MID,
+        date=date,
+    )
     msg = email.message_from_bytes(envelope.data, policy=email.policy.default)
     assert list(msg.keys())[:6] == ["From", "Reply-To", "To", "Subject", "Date", "Message-ID"]
     assert msg["From"] == "Kanidm Localhost <kanidm@example.com>"
@@ -119,8 +136,9 @@ def test_headers_of_a_reset_mail() -> None:
     assert msg["To"] == "alice.backup@example.org"
     assert msg["Date"] == "Wed, 18 Feb 2026 03:00:06 +0000"
     assert msg["Content-Type"] == 'text/plain; charset="utf-8"'
-    assert msg["Message-ID"] == stable_message_id(MID, "alice.backup@example.org",
-                                                  "kanidm@example.com")
+    assert msg["Message-ID"] == stable_message_id(
+        MID, "alice.backup@example.org", "kanidm@example.com"
+    )
     assert envelope.data.isascii()
     assert b"\r\n" in envelope.data
 
@@ -129,10 +147,13 @@ def test_non_ascii_names_are_encoded_and_round_trip() -> None:
     name = "Ünïcødé IDM, Inc."
     r = renderer(name=name)
     rendered = r.render(TestMessageV1("Zoë Ærø"), message_id=MID, destination="z@example.com")
-    envelope = build_message(rendered, identity=MailIdentity(name, "i@example.com",
-                                                             "r@example.com"),
-                             destination="z@example.com", message_id=MID,
-                             date=datetime.now(UTC))
+    envelope = build_message(
+        rendered,
+        identity=MailIdentity(name, "i@example.com", "r@example.com"),
+        destination="z@example.com",
+        message_id=MID,
+        date=datetime.now(UTC),
+    )
     assert envelope.data.isascii()  # 7-bit clean on the wire
     msg = email.message_from_bytes(envelope.data, policy=email.policy.default)
     assert msg["From"].addresses[0].display_name == name

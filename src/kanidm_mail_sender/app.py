@@ -71,8 +71,9 @@ class Configs:
     client: ClientConfig
 
 
-def load_configs(client_path: Path, mail_path: Path, *, environ: Mapping[str, str],
-                 ids: Identity) -> tuple[Configs, list[str]]:
+def load_configs(
+    client_path: Path, mail_path: Path, *, environ: Mapping[str, str], ids: Identity
+) -> tuple[Configs, list[str]]:
     """Check and load both files; returns the configs and every warning found."""
     warnings = check_config_file(client_path, ids, holds_secrets=False)
     warnings += check_config_file(mail_path, ids, holds_secrets=True)
@@ -126,16 +127,24 @@ def _schedule(config: MailSenderConfig) -> Schedule:
 def make_kanidm(configs: Configs) -> KanidmClient:
     """The Kanidm client: httpx for listing, the pipeline for marks unless turned off."""
     mail, token = configs.mail, configs.mail.token.get_secret_value()
-    http = build_http_client(configs.client, token, timeout=mail.http_timeout_seconds,
-                             max_connections=max(8, mail.mail_max_connections * 2))
+    http = build_http_client(
+        configs.client,
+        token,
+        timeout=mail.http_timeout_seconds,
+        max_connections=max(8, mail.mail_max_connections * 2),
+    )
     if not mail.http_pipelining:
         return KanidmClient(http)
     if proxied(configs.client.base_url):
-        log.info("kanidm.pipelining_off", reason="an HTTPS proxy is set in the environment; "
-                 "marks go through it one request at a time")
+        log.info(
+            "kanidm.pipelining_off",
+            reason="an HTTPS proxy is set in the environment; "
+            "marks go through it one request at a time",
+        )
         return KanidmClient(http)
-    return KanidmClient(http, build_mark_pipeline(configs.client, token,
-                                                  timeout=mail.http_timeout_seconds))
+    return KanidmClient(
+        http, build_mark_pipeline(configs.client, token, timeout=mail.http_timeout_seconds)
+    )
 
 
 async def send_test(configs: Configs, address: str) -> str:
@@ -145,14 +154,20 @@ async def send_test(configs: Configs, address: str) -> str:
     renderer = make_renderer(config)
     relay = make_relay(config)
     message_id = uuid4()
-    rendered = renderer.render(TestMessageV1(TEST_DISPLAY_NAME), message_id=message_id,
-                               destination=address)
+    rendered = renderer.render(
+        TestMessageV1(TEST_DISPLAY_NAME), message_id=message_id, destination=address
+    )
     try:
         check_address(address)
     except ValueError as exc:
         raise RelayError(f"cannot send to {address!r}: {exc}") from None
-    envelope = build_message(rendered, identity=_identity(config), destination=address,
-                             message_id=message_id, date=datetime.now(UTC))
+    envelope = build_message(
+        rendered,
+        identity=_identity(config),
+        destination=address,
+        message_id=message_id,
+        date=datetime.now(UTC),
+    )
     try:
         return await relay.send(envelope)
     finally:
@@ -163,14 +178,21 @@ def render_preview(config: MailSenderConfig, kind: str) -> bytes:
     """The complete mail that ``kind`` would produce for sample data."""
     renderer = make_renderer(config)
     now = datetime.now(UTC)
-    rendered = renderer.render(sample_template(kind, now), message_id=SAMPLE_MESSAGE_ID,
-                               destination="alice@example.com")
-    return build_message(rendered, identity=_identity(config), destination="alice@example.com",
-                         message_id=SAMPLE_MESSAGE_ID, date=now).data
+    rendered = renderer.render(
+        sample_template(kind, now), message_id=SAMPLE_MESSAGE_ID, destination="alice@example.com"
+    )
+    return build_message(
+        rendered,
+        identity=_identity(config),
+        destination="alice@example.com",
+        message_id=SAMPLE_MESSAGE_ID,
+        date=now,
+    ).data
 
 
-async def run_check(client_path: Path, mail_path: Path, *, environ: Mapping[str, str],
-                    ids: Identity, out: TextIO) -> bool:
+async def run_check(
+    client_path: Path, mail_path: Path, *, environ: Mapping[str, str], ids: Identity, out: TextIO
+) -> bool:
     """Check everything a first real send depends on; prints one line per check."""
     ok = True
 
@@ -200,8 +222,9 @@ async def run_check(client_path: Path, mail_path: Path, *, environ: Mapping[str,
         else:
             line("ok", name, "valid")
     state_dir = resolve_state_dir(config, environ)
-    if os.access(state_dir, os.W_OK) or (not state_dir.exists()
-                                         and os.access(state_dir.parent, os.W_OK)):
+    if os.access(state_dir, os.W_OK) or (
+        not state_dir.exists() and os.access(state_dir.parent, os.W_OK)
+    ):
         line("ok", "state directory", f"{state_dir} is writable")
     else:
         line("FAIL", "state directory", f"{state_dir} is not writable by this user")
@@ -213,8 +236,12 @@ async def run_check(client_path: Path, mail_path: Path, *, environ: Mapping[str,
     else:
         line("ok", "kanidm", f"the token works; {count} message(s) ready")
         if count == 0:
-            line("warn", "kanidm", "an empty queue is also what a token outside "
-                 "idm_message_senders sees; check the account's group if mail never flows")
+            line(
+                "warn",
+                "kanidm",
+                "an empty queue is also what a token outside "
+                "idm_message_senders sees; check the account's group if mail never flows",
+            )
     finally:
         await kanidm.aclose()
     relay = make_relay(config)
@@ -228,8 +255,9 @@ async def run_check(client_path: Path, mail_path: Path, *, environ: Mapping[str,
     return ok
 
 
-async def run_main(configs: Configs, *, environ: Mapping[str, str],
-                   hard_exit: HardExit | None = None) -> None:
+async def run_main(
+    configs: Configs, *, environ: Mapping[str, str], hard_exit: HardExit | None = None
+) -> None:
     """Run the daemon until a stop signal; raises on fatal errors."""
     config = configs.mail
     schedule = _schedule(config)
@@ -245,8 +273,15 @@ async def run_main(configs: Configs, *, environ: Mapping[str, str],
         relay_probe_interval=120.0 if config.metrics_listen else None,
     )
     relay = make_relay(config)
-    engine = Engine(source=kanidm, transport=relay, journal=journal, renderer=renderer,
-                    identity=_identity(config), settings=settings, metrics=metrics)
+    engine = Engine(
+        source=kanidm,
+        transport=relay,
+        journal=journal,
+        renderer=renderer,
+        identity=_identity(config),
+        settings=settings,
+        metrics=metrics,
+    )
     server = None
     stop = asyncio.Event()
     on_repeat = hard_exit.force if hard_exit is not None else None
@@ -256,12 +291,22 @@ async def run_main(configs: Configs, *, environ: Mapping[str, str],
                 host, port = split_listen(config.metrics_listen)
                 server = await start_metrics_server(metrics, host, port)
                 log.info("metrics.listening", address=config.metrics_listen)
-            log.info("daemon.started", kanidm=configs.client.base_url,
-                     relay=config.relay.describe(), schedule=config.schedule,
-                     state_dir=str(journal.state_dir))
-            await run_daemon(engine, schedule, stop, journal=journal,
-                             grace=config.shutdown_grace_seconds,
-                             notifier=Notifier(environ), hard_exit=hard_exit)
+            log.info(
+                "daemon.started",
+                kanidm=configs.client.base_url,
+                relay=config.relay.describe(),
+                schedule=config.schedule,
+                state_dir=str(journal.state_dir),
+            )
+            await run_daemon(
+                engine,
+                schedule,
+                stop,
+                journal=journal,
+                grace=config.shutdown_grace_seconds,
+                notifier=Notifier(environ),
+                hard_exit=hard_exit,
+            )
             if received:
                 log.info("daemon.stopped", signal=received[0])
             await _close(server, relay, kanidm)

@@ -59,20 +59,45 @@ def _parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n", 2)[2] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-c", "--client-config", type=Path, default=DEFAULT_CLIENT_CONFIG,
-                        metavar="PATH", help="Kanidm client config (default: %(default)s)")
-    parser.add_argument("-m", "--mail-sender-config", type=Path, default=DEFAULT_MAIL_CONFIG,
-                        metavar="PATH", help="mail sender config (default: %(default)s)")
-    parser.add_argument("-t", "--test-email", metavar="ADDRESS",
-                        help="send one test message to ADDRESS and exit")
-    parser.add_argument("-d", "--debug", action="store_true", default=None,
-                        help="debug logging (also env KANIDM_DEBUG=true/1/yes/on)")
+    parser.add_argument(
+        "-c",
+        "--client-config",
+        type=Path,
+        default=DEFAULT_CLIENT_CONFIG,
+        metavar="PATH",
+        help="Kanidm client config (default: %(default)s)",
+    )
+    parser.add_argument(
+        "-m",
+        "--mail-sender-config",
+        type=Path,
+        default=DEFAULT_MAIL_CONFIG,
+        metavar="PATH",
+        help="mail sender config (default: %(default)s)",
+    )
+    parser.add_argument(
+        "-t", "--test-email", metavar="ADDRESS", help="send one test message to ADDRESS and exit"
+    )
+    parser.add_argument(
+        "-d",
+        "--debug",
+        action="store_true",
+        default=None,
+        help="debug logging (also env KANIDM_DEBUG=true/1/yes/on)",
+    )
     parser.add_argument("-s", "--skip-root-check", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--render", metavar="KIND", choices=TEMPLATE_KINDS,
-                        help=f"print the mail KIND would produce for sample data "
-                        f"({', '.join(TEMPLATE_KINDS)}) and exit")
-    parser.add_argument("--check", action="store_true",
-                        help="check configs, templates, Kanidm and the relay, then exit")
+    parser.add_argument(
+        "--render",
+        metavar="KIND",
+        choices=TEMPLATE_KINDS,
+        help=f"print the mail KIND would produce for sample data "
+        f"({', '.join(TEMPLATE_KINDS)}) and exit",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check configs, templates, Kanidm and the relay, then exit",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -142,14 +167,22 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     ids = Identity.current()
     try:
         if args.check:
-            ok = _run(run_check(args.client_config, args.mail_sender_config,
-                                environ=env, ids=ids, out=sys.stdout))
+            ok = _run(
+                run_check(
+                    args.client_config,
+                    args.mail_sender_config,
+                    environ=env,
+                    ids=ids,
+                    out=sys.stdout,
+                )
+            )
             return EXIT_OK if ok else EXIT_SEND_FAILED
         if args.render is None:
             for warning in check_not_root(ids, skip=args.skip_root_check):
                 log.warning("preflight.root", detail=warning)
-        configs, warnings = load_configs(args.client_config, args.mail_sender_config,
-                                         environ=env, ids=ids)
+        configs, warnings = load_configs(
+            args.client_config, args.mail_sender_config, environ=env, ids=ids
+        )
         configure_logging(debug=debug, json=_json_logs(env, configs.mail.log_format))
         log = structlog.get_logger("kanidm_mail_sender")
         for warning in warnings:

@@ -311,9 +311,7 @@ def _resolve_secrets(
             sources.append((f"systemd credential '{key}'", Path(credentials) / key))
         if len(sources) > 1:
             names = " and ".join(name for name, _ in sources)
-            raise ConfigError(
-                f"{path}: '{key}' is given by {names}; keep exactly one of them"
-            )
+            raise ConfigError(f"{path}: '{key}' is given by {names}; keep exactly one of them")
         if sources and sources[0][1] is not None:
             secret_path = sources[0][1]
             try:

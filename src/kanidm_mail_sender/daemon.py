@@ -110,8 +110,11 @@ async def run_daemon(
             feed = None if following is None else max(0.0, _seconds(following - now()))
             await _poll(engine, ended, feed)
             # A poll that fed until the next fire time owes that fire time a poll at once.
-            fire_at = (following if following is not None and engine.dispatcher.overflowed
-                       and following <= now() else None)
+            fire_at = (
+                following
+                if following is not None and engine.dispatcher.overflowed and following <= now()
+                else None
+            )
     finally:
         engine.metrics.stopping = True
         if watchdog is not None:

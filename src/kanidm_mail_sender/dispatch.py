@@ -75,11 +75,20 @@ class ReportedOnce:
 class Dispatcher:
     """Runs one poll at a time; ``poll(feed_seconds=...)`` is called by the daemon loop."""
 
-    def __init__(self, *, source: MessageSource, journal: Journal, inflight: InFlight,
-                 queue: asyncio.Queue[Job], marks: MarkStage, metrics: Metrics,
-                 settings: DispatchSettings, stopping: asyncio.Event,
-                 on_fatal: Callable[[MailSenderError], None],
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        *,
+        source: MessageSource,
+        journal: Journal,
+        inflight: InFlight,
+        queue: asyncio.Queue[Job],
+        marks: MarkStage,
+        metrics: Metrics,
+        settings: DispatchSettings,
+        stopping: asyncio.Event,
+        on_fatal: Callable[[MailSenderError], None],
+        clock: Callable[[], float],
+    ) -> None:
         self._source = source
         self._journal = journal
         self._inflight = inflight
@@ -130,9 +139,12 @@ class Dispatcher:
             self._on_fatal(exc)
             return
         except KanidmNotFound as exc:
-            self._on_fatal(KanidmNotFound(
-                f"{exc}; this server has no message queue (Kanidm too old?) "
-                "or uri points somewhere else"))
+            self._on_fatal(
+                KanidmNotFound(
+                    f"{exc}; this server has no message queue (Kanidm too old?) "
+                    "or uri points somewhere else"
+                )
+            )
             return
         except KanidmError as exc:
             self._failed(exc)
@@ -143,21 +155,30 @@ class Dispatcher:
         self._metrics.poll_ok = False
         now = self._clock()
         log_it = self._incident.failed(now)
-        delay = backoff_delay(self._incident.failures, initial=self._s.list_retry_initial,
-                              maximum=self._s.list_retry_max)
+        delay = backoff_delay(
+            self._incident.failures,
+            initial=self._s.list_retry_initial,
+            maximum=self._s.list_retry_max,
+        )
         self._retry_at = now + delay
         if log_it:
-            log.error("kanidm.list_failed", error=str(exc), failures=self._incident.failures,
-                      retry_in_seconds=round(delay, 1))
+            log.error(
+                "kanidm.list_failed",
+                error=str(exc),
+                failures=self._incident.failures,
+                retry_in_seconds=round(delay, 1),
+            )
 
     def _succeeded(self, count: int, oldest: datetime | None, skipped_lines: int) -> None:
         failures = self._incident.ended()
         if failures:
             log.info("kanidm.list_recovered", failures=failures)
         if skipped_lines > self._s.skipped_lines_per_poll:
-            log.warning("message.skipped_more",
-                        count=skipped_lines - self._s.skipped_lines_per_poll,
-                        note="more bad entries than are logged per poll")
+            log.warning(
+                "message.skipped_more",
+                count=skipped_lines - self._s.skipped_lines_per_poll,
+                note="more bad entries than are logged per poll",
+            )
         now = self._clock()
         self._metrics.poll_ok = True
         self._metrics.queue_size.set(count)
@@ -172,8 +193,12 @@ class Dispatcher:
             return parse_resource(item)
         except MalformedMessage as exc:
             if self.reported.first_time(f"{exc.message_id}:{exc.reason}") and may_log:
-                log.error("message.skipped", message_id=exc.message_id, reason=exc.reason,
-                          note="this entry is skipped; the rest of the queue goes on")
+                log.error(
+                    "message.skipped",
+                    message_id=exc.message_id,
+                    reason=exc.reason,
+                    note="this entry is skipped; the rest of the queue goes on",
+                )
             return None
 
     async def _route(self, message: QueuedMessage, feed_until: float | None) -> None:
@@ -186,20 +211,26 @@ class Dispatcher:
         elif plan.action is Action.MARK:
             self._marks.submit(message.id)
         elif plan.action is Action.EXPIRE:
-            log.error("message.expired", message_id=str(message.id),
-                      destinations=list(message.destinations),
-                      note="the reset link has expired, so it is not mailed; left in Kanidm's "
-                      "queue")
+            log.error(
+                "message.expired",
+                message_id=str(message.id),
+                destinations=list(message.destinations),
+                note="the reset link has expired, so it is not mailed; left in Kanidm's queue",
+            )
             self._metrics.expired.inc()
             for destination in message.destinations:
                 if destination not in plan.accepted:
                     await self._journal.record(message.id, destination, EXPIRED, now=now)
         elif plan.action is Action.NO_DESTINATION:
-            log.error("message.no_destination", message_id=str(message.id),
-                      note="it has no mail_destination; left in Kanidm's queue")
+            log.error(
+                "message.no_destination",
+                message_id=str(message.id),
+                note="it has no mail_destination; left in Kanidm's queue",
+            )
             self._metrics.permanent_failures.inc()
-            await self._journal.record(message.id, NO_DESTINATION, REJECTED, now=now,
-                                       reply="no destination")
+            await self._journal.record(
+                message.id, NO_DESTINATION, REJECTED, now=now, reply="no destination"
+            )
 
     async def _enqueue(self, job: Job, feed_until: float | None) -> None:
         message_id: UUID = job.message.id

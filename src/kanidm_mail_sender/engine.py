@@ -106,36 +106,71 @@ class Engine:
         self.stopping = asyncio.Event()
         self.inflight = InFlight()
         self._queue: asyncio.Queue[Job] = asyncio.Queue(s.queue_size)
-        self.health = RelayHealth(HealthSettings(
-            max_concurrency=s.send_workers, pause_initial=s.relay_pause_initial,
-            pause_max=s.relay_pause_max, throttle_initial=s.throttle_initial,
-            throttle_max=s.throttle_max))
+        self.health = RelayHealth(
+            HealthSettings(
+                max_concurrency=s.send_workers,
+                pause_initial=s.relay_pause_initial,
+                pause_max=s.relay_pause_max,
+                throttle_initial=s.throttle_initial,
+                throttle_max=s.throttle_max,
+            )
+        )
         self.marks = MarkStage(
-            marker=source, inflight=self.inflight, metrics=self.metrics,
-            settings=MarkSettings(capacity=s.mark_capacity, retry_initial=s.mark_retry_initial,
-                                  retry_max=s.mark_retry_max, log_interval=s.log_interval),
-            stopping=self.stopping, on_fatal=self._fail, clock=clock)
-        self.sending = SendStage(
-            transport=transport, journal=journal, renderer=renderer, identity=identity,
-            inflight=self.inflight, queue=self._queue, marks=self.marks, health=self.health,
+            marker=source,
+            inflight=self.inflight,
             metrics=self.metrics,
-            settings=SendSettings(retry_initial=s.retry_initial, retry_max=s.retry_max,
-                                  log_interval=s.log_interval),
-            stopping=self.stopping, on_fatal=self._fail, clock=clock)
+            settings=MarkSettings(
+                capacity=s.mark_capacity,
+                retry_initial=s.mark_retry_initial,
+                retry_max=s.mark_retry_max,
+                log_interval=s.log_interval,
+            ),
+            stopping=self.stopping,
+            on_fatal=self._fail,
+            clock=clock,
+        )
+        self.sending = SendStage(
+            transport=transport,
+            journal=journal,
+            renderer=renderer,
+            identity=identity,
+            inflight=self.inflight,
+            queue=self._queue,
+            marks=self.marks,
+            health=self.health,
+            metrics=self.metrics,
+            settings=SendSettings(
+                retry_initial=s.retry_initial, retry_max=s.retry_max, log_interval=s.log_interval
+            ),
+            stopping=self.stopping,
+            on_fatal=self._fail,
+            clock=clock,
+        )
         self.dispatcher = Dispatcher(
-            source=source, journal=journal, inflight=self.inflight, queue=self._queue,
-            marks=self.marks, metrics=self.metrics,
-            settings=DispatchSettings(list_retry_initial=s.list_retry_initial,
-                                      list_retry_max=s.list_retry_max,
-                                      log_interval=s.log_interval),
-            stopping=self.stopping, on_fatal=self._fail, clock=clock)
+            source=source,
+            journal=journal,
+            inflight=self.inflight,
+            queue=self._queue,
+            marks=self.marks,
+            metrics=self.metrics,
+            settings=DispatchSettings(
+                list_retry_initial=s.list_retry_initial,
+                list_retry_max=s.list_retry_max,
+                log_interval=s.log_interval,
+            ),
+            stopping=self.stopping,
+            on_fatal=self._fail,
+            clock=clock,
+        )
         self._workers: list[asyncio.Task[None]] = []
         self._last_probe = -1e18
 
     def start(self) -> None:
         """Start the send workers."""
-        self._workers = [asyncio.create_task(self.sending.worker(), name=f"send-{i}")
-                         for i in range(self._settings.send_workers)]
+        self._workers = [
+            asyncio.create_task(self.sending.worker(), name=f"send-{i}")
+            for i in range(self._settings.send_workers)
+        ]
 
     @property
     def busy(self) -> bool:
@@ -208,13 +243,16 @@ class Engine:
         if cut or stuck:
             log.warning(
                 "shutdown.cut_off",
-                awaiting_mark=len(cut.awaiting_mark), interrupted=len(cut.interrupted),
-                not_sent=len(cut.not_sent), stuck_tasks=stuck,
+                awaiting_mark=len(cut.awaiting_mark),
+                interrupted=len(cut.interrupted),
+                not_sent=len(cut.not_sent),
+                stuck_tasks=stuck,
                 awaiting_mark_ids=[str(m) for m in cut.awaiting_mark[:_LISTED_IDS]],
                 interrupted_ids=[str(m) for m in cut.interrupted[:_LISTED_IDS]],
                 not_sent_ids=[str(m) for m in cut.not_sent[:_LISTED_IDS]],
                 note="awaiting_mark: accepted by the relay and journalled, marked at next "
                 "start without mailing again; interrupted: a send was under way, retried at "
                 "next start (a duplicate is possible if the relay had accepted it); not_sent: "
-                "never sent, still in Kanidm's queue")
+                "never sent, still in Kanidm's queue",
+            )
         return cut

@@ -105,8 +105,7 @@ class RelayError(MailSenderError):
     lost or timed out rather than answered.
     """
 
-    def __init__(self, message: str, *, code: int | None = None,
-                 transport: bool = False) -> None:
+    def __init__(self, message: str, *, code: int | None = None, transport: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.transport = transport

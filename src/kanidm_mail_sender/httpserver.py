@@ -72,8 +72,9 @@ class _Refused(Exception):
 class _Connection:
     """One client connection: h11 state plus its stream."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 limits: Limits) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: Limits
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.limits = limits
@@ -98,8 +99,8 @@ class _Connection:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
             declared = headers.get("content-length")
             if self.limits.max_body == 0 and (
-                    (declared is not None and declared != "0")
-                    or "transfer-encoding" in headers):
+                (declared is not None and declared != "0") or "transfer-encoding" in headers
+            ):
                 raise _Refused(413, "this listener takes no request body")
             if declared is not None and int(declared) > self.limits.max_body:
                 raise _Refused(413, "request body too large")
@@ -113,8 +114,9 @@ class _Connection:
                 body += part.data
                 if len(body) > self.limits.max_body:
                     raise _Refused(413, "request body too large")
-            return Request(event.method.decode("latin-1"), event.target.decode("latin-1"),
-                           headers, bytes(body))
+            return Request(
+                event.method.decode("latin-1"), event.target.decode("latin-1"), headers, bytes(body)
+            )
 
     async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
@@ -143,9 +145,16 @@ class _Connection:
             return
         body = f"{status}\n".encode()
         with contextlib.suppress(h11.LocalProtocolError, OSError, TimeoutError):
-            await self.send(h11.Response(status_code=status, headers=[
-                ("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
-                ("Connection", "close")]))
+            await self.send(
+                h11.Response(
+                    status_code=status,
+                    headers=[
+                        ("Content-Type", "text/plain"),
+                        ("Content-Length", str(len(body))),
+                        ("Connection", "close"),
+                    ],
+                )
+            )
             await self.send(h11.Data(data=body))
             await self.send(h11.EndOfMessage())
 
@@ -169,12 +178,15 @@ class HttpServer:
     async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
         """Start accepting connections."""
         self._server = await asyncio.start_server(
-            self._connection, host, port, ssl=ssl_context,
+            self._connection,
+            host,
+            port,
+            ssl=ssl_context,
             ssl_handshake_timeout=self.limits.header_timeout if ssl_context else None,
-            limit=self.limits.max_head)
+            limit=self.limits.max_head,
+        )
 
-    async def _connection(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._tasks) >= self.limits.max_connections:
             self.connections_refused += 1
             writer.transport.abort()  # over budget: the descriptor goes back at once
@@ -194,8 +206,7 @@ class HttpServer:
             try:
                 async with asyncio.timeout(1.0):
                     await writer.wait_closed()
-            except (ConnectionError, ssl.SSLError, TimeoutError, OSError,
-                    asyncio.CancelledError):
+            except (ConnectionError, ssl.SSLError, TimeoutError, OSError, asyncio.CancelledError):
                 writer.transport.abort()
 
     async def _serve(self, conn: _Connection) -> None:
@@ -249,7 +260,11 @@ class HttpServer:
 
 
 async def serve(
-    handler: Handler, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
     limits: Limits | None = None,
 ) -> HttpServer:
     """Start serving ``handler`` on host:port (0 picks a free port)."""

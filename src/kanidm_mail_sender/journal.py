@@ -22,7 +22,13 @@ from uuid import UUID
 from kanidm_mail_sender.errors import AlreadyRunning, StateError
 
 __all__ = [
-    "ACCEPTED", "DEFERRED", "EXPIRED", "REJECTED", "DestinationState", "Journal", "storable",
+    "ACCEPTED",
+    "DEFERRED",
+    "EXPIRED",
+    "REJECTED",
+    "DestinationState",
+    "Journal",
+    "storable",
 ]
 
 ACCEPTED = "accepted"
@@ -147,9 +153,18 @@ class Journal:
         """Write one row; returns once it is committed to disk, or raises StateError."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        self._pending.append((str(message_id), storable(destination), state, attempts,
-                              next_attempt, None if reply is None else storable(reply), now,
-                              now))
+        self._pending.append(
+            (
+                str(message_id),
+                storable(destination),
+                state,
+                attempts,
+                next_attempt,
+                None if reply is None else storable(reply),
+                now,
+                now,
+            )
+        )
         self._waiters.append(waiter)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
@@ -168,10 +183,13 @@ class Journal:
                     if waiter.done():
                         continue
                     if index in failures:
-                        waiter.set_exception(StateError(
-                            f"{self.path}: writing the delivery journal failed "
-                            f"({failures[index]}); stopping, since without it a mail could "
-                            "be sent twice"))
+                        waiter.set_exception(
+                            StateError(
+                                f"{self.path}: writing the delivery journal failed "
+                                f"({failures[index]}); stopping, since without it a mail could "
+                                "be sent twice"
+                            )
+                        )
                     else:
                         waiter.set_result(None)
                 batch, waiters = [], []

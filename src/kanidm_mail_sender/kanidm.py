@@ -22,8 +22,14 @@ from kanidm_mail_sender.errors import (
 from kanidm_mail_sender.messages import ReadyListParser
 
 __all__ = [
-    "READY_PATH", "USER_AGENT", "KanidmClient", "Marker", "build_http_client", "sent_path",
-    "status_error", "tls_context",
+    "READY_PATH",
+    "USER_AGENT",
+    "KanidmClient",
+    "Marker",
+    "build_http_client",
+    "sent_path",
+    "status_error",
+    "tls_context",
 ]
 
 READY_PATH = "/scim/v1/Message/_ready"
@@ -121,8 +127,9 @@ class KanidmClient:
         try:
             async with self._http.stream("GET", READY_PATH) as response:
                 if response.status_code != 200:
-                    raise status_error(response.status_code, await response.aread(),
-                                       "listing ready messages")
+                    raise status_error(
+                        response.status_code, await response.aread(), "listing ready messages"
+                    )
                 async for chunk in response.aiter_bytes():
                     for resource in parser.feed(chunk):
                         yield resource

@@ -34,14 +34,17 @@ class Timestamp:
         self._second = -1
         self._prefix = ""
 
-    def __call__(self, _logger: Any, _method: str,
-                 event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    def __call__(
+        self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
         """Add ``timestamp`` to the event."""
         now = time.time()
         second = int(now)
         if second != self._second:
-            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S",
-                                                               time.gmtime(second))
+            self._second, self._prefix = (
+                second,
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)),
+            )
         event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
         return event_dict
 
@@ -67,18 +70,18 @@ class TextRenderer:
         level = event_dict.pop("level", "")
         event = event_dict.pop("event", "")
         trace = event_dict.pop("exception", None)
-        line = " ".join([f"{timestamp} {level:<7} {event}",
-                         *(f"{key}={_value(value)}" for key, value in event_dict.items())])
+        line = " ".join(
+            [
+                f"{timestamp} {level:<7} {event}",
+                *(f"{key}={_value(value)}" for key, value in event_dict.items()),
+            ]
+        )
         return f"{line}\n{trace}" if trace else line
 
 
 def configure_logging(*, debug: bool, json: bool, stream: TextIO | None = None) -> None:
     """Configure structlog once, from the CLI."""
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if json
-        else TextRenderer()
-    )
+    renderer: Any = structlog.processors.JSONRenderer() if json else TextRenderer()
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -94,7 +97,11 @@ def configure_logging(*, debug: bool, json: bool, stream: TextIO | None = None) 
         cache_logger_on_first_use=True,
     )
     # Libraries log through the stdlib; keep them quiet unless debugging.
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
     for name in ("httpx", "httpcore", "aiosmtplib", "asyncio"):
         logging.getLogger(name).setLevel(logging.INFO if debug else logging.WARNING)

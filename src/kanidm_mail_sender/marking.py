@@ -47,10 +47,17 @@ class MarkSettings:
 class MarkStage:
     """Submits marks without blocking the caller; retries transient failures with backoff."""
 
-    def __init__(self, *, marker: Marker, inflight: InFlight, metrics: Metrics,
-                 settings: MarkSettings, stopping: asyncio.Event,
-                 on_fatal: Callable[[MailSenderError], None],
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        *,
+        marker: Marker,
+        inflight: InFlight,
+        metrics: Metrics,
+        settings: MarkSettings,
+        stopping: asyncio.Event,
+        on_fatal: Callable[[MailSenderError], None],
+        clock: Callable[[], float],
+    ) -> None:
         self._marker = marker
         self._inflight = inflight
         self._metrics = metrics
@@ -73,9 +80,12 @@ class MarkStage:
         if len(self._tasks) >= self._s.capacity:
             self._inflight.release(message_id)
             if self._overflow.failed(self._clock()):
-                log.warning("kanidm.mark_backlog", outstanding=len(self._tasks),
-                            note="more accepted mails wait for their mark than the cap; they "
-                            "are journalled and the next polls mark them")
+                log.warning(
+                    "kanidm.mark_backlog",
+                    outstanding=len(self._tasks),
+                    note="more accepted mails wait for their mark than the cap; they "
+                    "are journalled and the next polls mark them",
+                )
             return
         self._inflight.hold(message_id, Phase.MARKING)
         task = asyncio.create_task(self._mark(message_id))
@@ -94,8 +104,11 @@ class MarkStage:
             try:
                 await self._marker.mark_sent(message_id)
             except KanidmNotFound:
-                log.warning("message.gone", message_id=str(message_id),
-                            note="Kanidm no longer has it (purged or deleted); nothing to mark")
+                log.warning(
+                    "message.gone",
+                    message_id=str(message_id),
+                    note="Kanidm no longer has it (purged or deleted); nothing to mark",
+                )
                 return
             except KanidmAuthError as exc:
                 self.given_up.append(message_id)
@@ -104,16 +117,21 @@ class MarkStage:
             except KanidmError as exc:
                 attempt += 1
                 if self._incident.failed(self._clock()):
-                    log.warning("kanidm.mark_failed", message_id=str(message_id),
-                                error=str(exc), attempts=attempt,
-                                note="the mail is not sent again; only the mark is retried; "
-                                "more failures are logged at most every "
-                                f"{self._s.log_interval:g} s")
+                    log.warning(
+                        "kanidm.mark_failed",
+                        message_id=str(message_id),
+                        error=str(exc),
+                        attempts=attempt,
+                        note="the mail is not sent again; only the mark is retried; "
+                        "more failures are logged at most every "
+                        f"{self._s.log_interval:g} s",
+                    )
                 if self._stopping.is_set():
                     self.given_up.append(message_id)
                     return
-                delay = backoff_delay(attempt, initial=self._s.retry_initial,
-                                      maximum=self._s.retry_max)
+                delay = backoff_delay(
+                    attempt, initial=self._s.retry_initial, maximum=self._s.retry_max
+                )
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._stopping.wait()

@@ -84,7 +84,7 @@ def _text(value: Any, what: str, message_id: str | None) -> str:
 def _template(value: Any, message_id: str) -> Template:
     if not isinstance(value, dict) or len(value) != 1:
         raise MalformedMessage(message_id, "message_template is not a one-key object")
-    (variant, fields), = value.items()
+    ((variant, fields),) = value.items()
     if not isinstance(fields, dict):
         raise MalformedMessage(message_id, f"template {variant} has no field object")
     if variant == "TestMessageV1":

@@ -16,8 +16,9 @@ __all__ = ["Metrics", "start_metrics_server"]
 RELAY_FRESHNESS_SECONDS = 300.0
 # The listener's own budget: far below any file-descriptor limit, so scrapers (or anyone who
 # can reach the port) can never take descriptors or much CPU from delivery.
-METRICS_LIMITS = Limits(max_connections=32, header_timeout=5.0, idle_timeout=5.0,
-                        max_body=0, max_head=8192)
+METRICS_LIMITS = Limits(
+    max_connections=32, header_timeout=5.0, idle_timeout=5.0, max_body=0, max_head=8192
+)
 
 
 class Metrics:
@@ -31,14 +32,17 @@ class Metrics:
         )
         self.transient_failures = Counter(
             "kanidm_mail_sender_transient_failures",
-            "Deliveries deferred (4xx, timeouts, lost connections).", registry=r,
+            "Deliveries deferred (4xx, timeouts, lost connections).",
+            registry=r,
         )
         self.permanent_failures = Counter(
             "kanidm_mail_sender_permanent_failures",
-            "Deliveries refused for good (5xx, invalid address, no destination).", registry=r,
+            "Deliveries refused for good (5xx, invalid address, no destination).",
+            registry=r,
         )
         self.expired = Counter(
-            "kanidm_mail_sender_expired", "Credential resets not mailed because expired.",
+            "kanidm_mail_sender_expired",
+            "Credential resets not mailed because expired.",
             registry=r,
         )
         self.marked_sent = Counter(
@@ -49,11 +53,13 @@ class Metrics:
         )
         self.last_poll = Gauge(
             "kanidm_mail_sender_last_successful_poll_timestamp_seconds",
-            "Unix time of the last successful poll.", registry=r,
+            "Unix time of the last successful poll.",
+            registry=r,
         )
         self.oldest_age = Gauge(
             "kanidm_mail_sender_oldest_ready_message_age_seconds",
-            "Age of the oldest ready message at the last poll.", registry=r,
+            "Age of the oldest ready message at the last poll.",
+            registry=r,
         )
         self.poll_ok = False
         self.relay_ok_at: float | None = None

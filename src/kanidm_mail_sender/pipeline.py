@@ -179,8 +179,9 @@ class MarkPipeline:
         answered, reused = 0, False
         try:
             connection, reused = await self._connect()
-            connection.writer.write(b"".join(
-                b"POST " + sent_path(p.message_id).encode() + self._headers for p in batch))
+            connection.writer.write(
+                b"".join(b"POST " + sent_path(p.message_id).encode() + self._headers for p in batch)
+            )
             for pending in batch:
                 async with asyncio.timeout(self._timeout):
                     status, body, closing = await _read_response(connection.reader)
@@ -197,8 +198,9 @@ class MarkPipeline:
             self._fail(batch[answered:], f"Kanidm did not answer within {self._timeout:g} s")
         except _Malformed as exc:
             self._drop()
-            self._fail(batch[answered:], f"Kanidm's answer is not HTTP/1.1 ({exc})",
-                       KanidmResponseError)
+            self._fail(
+                batch[answered:], f"Kanidm's answer is not HTTP/1.1 ({exc})", KanidmResponseError
+            )
         except (OSError, ssl.SSLError, EOFError, asyncio.IncompleteReadError) as exc:
             self._drop()
             rest = batch[answered:]
@@ -220,10 +222,10 @@ class MarkPipeline:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 reader, writer = await asyncio.open_connection(
-                    self._host, self._port, ssl=self._tls, server_hostname=self._host)
+                    self._host, self._port, ssl=self._tls, server_hostname=self._host
+                )
         except TimeoutError:
-            raise ConnectionError(
-                f"no connection within {self._connect_timeout:g} s") from None
+            raise ConnectionError(f"no connection within {self._connect_timeout:g} s") from None
         self.connections_opened += 1
         self._connection = _Connection(reader, writer, now)
         return self._connection, False
@@ -234,12 +236,14 @@ class MarkPipeline:
             self._connection = None
 
     @staticmethod
-    def _fail(pendings: list[_Pending], reason: str,
-              kind: type[KanidmError] = KanidmUnavailable) -> None:
+    def _fail(
+        pendings: list[_Pending], reason: str, kind: type[KanidmError] = KanidmUnavailable
+    ) -> None:
         for pending in pendings:
             if not pending.future.done():
                 pending.future.set_exception(
-                    kind(f"marking message {pending.message_id} sent: {reason}"))
+                    kind(f"marking message {pending.message_id} sent: {reason}")
+                )
 
 
 def proxied(base_url: str) -> bool:
@@ -257,5 +261,6 @@ def build_mark_pipeline(config: ClientConfig, token: str, *, timeout: float) -> 
     """A pipeline with the client config's trust settings; its TLS context is built once."""
     context = tls_context(config)
     context.set_alpn_protocols(["http/1.1"])
-    return MarkPipeline(config.base_url, token, context, timeout=timeout,
-                        connect_timeout=config.connect_timeout)
+    return MarkPipeline(
+        config.base_url, token, context, timeout=timeout, connect_timeout=config.connect_timeout
+    )

@@ -60,9 +60,7 @@ def check_config_file(path: Path, ids: Identity, *, holds_secrets: bool) -> list
             "(for example owned by root, mode 0640 with the service's group)"
         )
     if holds_secrets and mode & (stat.S_IROTH | stat.S_IWOTH):
-        warnings.append(
-            f"{path}: holds secrets but is readable by all users; chmod o-rwx it"
-        )
+        warnings.append(f"{path}: holds secrets but is readable by all users; chmod o-rwx it")
     elif holds_secrets and mode & stat.S_IRGRP and info.st_gid != ids.egid:
         warnings.append(
             f"{path}: holds secrets and is readable by a group the service is not in; "

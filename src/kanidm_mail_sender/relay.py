@@ -66,9 +66,13 @@ _VERDICT_ERRORS: dict[Verdict, type[RelayError]] = {
     Verdict.RELAY_DOWN: RelayUnavailable,
     Verdict.THROTTLE: RelayThrottled,
 }
-_STAGE_WORDS = {Stage.CONNECT: "the connection", Stage.AUTH: "our credentials",
-                Stage.MAIL: "the sender (MAIL FROM)", Stage.RCPT: "the recipient",
-                Stage.DATA: "the mail"}
+_STAGE_WORDS = {
+    Stage.CONNECT: "the connection",
+    Stage.AUTH: "our credentials",
+    Stage.MAIL: "the sender (MAIL FROM)",
+    Stage.RCPT: "the recipient",
+    Stage.DATA: "the mail",
+}
 
 
 def reply_error(stage: Stage, code: int, text: str, secrets: tuple[str, ...] = ()) -> RelayError:
@@ -78,13 +82,13 @@ def reply_error(stage: Stage, code: int, text: str, secrets: tuple[str, ...] = (
     what = "deferred" if 400 <= code < 500 else "refused"
     message = f"the relay {what} {_STAGE_WORDS[stage]}: {code} {shown}"
     if stage is Stage.AUTH:
-        return RelayMisconfigured(f"{message}; check mail_username and mail_password",
-                                  code=code)
+        return RelayMisconfigured(f"{message}; check mail_username and mail_password", code=code)
     return _VERDICT_ERRORS[verdict](message, code=code)
 
 
-def classify_smtp_error(exc: BaseException, stage: Stage,
-                        secrets: tuple[str, ...] = ()) -> RelayError:
+def classify_smtp_error(
+    exc: BaseException, stage: Stage, secrets: tuple[str, ...] = ()
+) -> RelayError:
     """Map an aiosmtplib (or ssl/OS) exception raised during ``stage`` to one of ours."""
     tls = _tls_failure(exc)
     if tls is not None:
@@ -94,19 +98,22 @@ def classify_smtp_error(exc: BaseException, stage: Stage,
     if stage is Stage.CONNECT or stage is Stage.AUTH:
         if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
             return RelayUnavailable(f"the relay did not answer in time while connecting: {exc}")
-        if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected
-                      | OSError):
+        if isinstance(
+            exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected | OSError
+        ):
             return RelayUnavailable(f"cannot connect to the relay: {exc}")
         if isinstance(exc, aiosmtplib.SMTPException):
             # STARTTLS or AUTH not offered, no usable mechanism: the relay does not fit.
             return RelayMisconfigured(f"the relay cannot be used as configured: {exc}")
         return RelayUnavailable(f"unexpected error connecting to the relay: {exc!r}")
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
-        return DeliveryDeferred(f"the relay closed the connection during {stage.value}: {exc}",
-                                transport=True)
+        return DeliveryDeferred(
+            f"the relay closed the connection during {stage.value}: {exc}", transport=True
+        )
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
-        return DeliveryDeferred(f"the relay did not answer {stage.value} in time: {exc}",
-                                transport=True)
+        return DeliveryDeferred(
+            f"the relay did not answer {stage.value} in time: {exc}", transport=True
+        )
     if isinstance(exc, OSError):
         return DeliveryDeferred(f"the connection to the relay failed: {exc}", transport=True)
     return DeliveryDeferred(f"unexpected error talking to the relay: {exc!r}", transport=True)
@@ -117,8 +124,14 @@ def _still_valid(not_after: float | None, clock: Callable[[], float]) -> None:
         raise LinkExpired("the reset link expired before the mail went out")
 
 
-async def _transaction(conn: aiosmtplib.SMTP, envelope: Envelope, *, not_after: float | None,
-                       clock: Callable[[], float], secrets: tuple[str, ...]) -> str:
+async def _transaction(
+    conn: aiosmtplib.SMTP,
+    envelope: Envelope,
+    *,
+    not_after: float | None,
+    clock: Callable[[], float],
+    secrets: tuple[str, ...],
+) -> str:
     """MAIL, RCPT and DATA for one recipient; returns the relay's final reply.
 
     This is aiosmtplib's ``sendmail`` without its four re-parses of addresses we already
@@ -132,7 +145,8 @@ async def _transaction(conn: aiosmtplib.SMTP, envelope: Envelope, *, not_after: 
         if not conn.supports_extension("smtputf8"):
             raise DeliveryRejected(
                 f"{recipient if not recipient.isascii() else sender} needs SMTPUTF8, "
-                "which the relay does not offer")
+                "which the relay does not offer"
+            )
         options.append(b"SMTPUTF8")
     _still_valid(not_after, clock)
     stage = Stage.MAIL
@@ -241,8 +255,13 @@ class SmtpRelay:
             return conn, True
         return await self._connect(), False
 
-    async def send(self, envelope: Envelope, *, not_after: float | None = None,
-                   clock: Callable[[], float] = time.time) -> str:
+    async def send(
+        self,
+        envelope: Envelope,
+        *,
+        not_after: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> str:
         """Relay one envelope; returns the relay's reply, or raises a RelayError subclass.
 
         ``not_after`` (Unix time) is checked before MAIL and before DATA: past it, nothing is
@@ -252,8 +271,9 @@ class SmtpRelay:
             for fresh_retry in (False, True):
                 conn, reused = await self._acquire(fresh=fresh_retry)
                 try:
-                    reply = await _transaction(conn, envelope, not_after=not_after,
-                                               clock=clock, secrets=self._secrets)
+                    reply = await _transaction(
+                        conn, envelope, not_after=not_after, clock=clock, secrets=self._secrets
+                    )
                 except DeliveryDeferred as exc:
                     conn.close()
                     # A kept-alive connection the relay dropped while idle fails at MAIL;

@@ -47,8 +47,7 @@ class HealthSettings:
 class RelayHealth:
     """Decides when a send may start; told the outcome of every send."""
 
-    def __init__(self, settings: HealthSettings,
-                 rand: Callable[[], float] = random.random) -> None:
+    def __init__(self, settings: HealthSettings, rand: Callable[[], float] = random.random) -> None:
         self._s = settings
         self._rand = rand
         self.limit = settings.max_concurrency
@@ -117,8 +116,9 @@ class RelayHealth:
             return None  # an in-flight send of the same incident
         self.pauses += 1
         self._needs_probe = True
-        self.paused_until = now + backoff_delay(self.pauses, initial=self._s.pause_initial,
-                                                maximum=self._s.pause_max, rand=self._rand)
+        self.paused_until = now + backoff_delay(
+            self.pauses, initial=self._s.pause_initial, maximum=self._s.pause_max, rand=self._rand
+        )
         self.last_error = error
         new = self.incident_started is None
         if new:
@@ -146,8 +146,12 @@ class RelayHealth:
         self.throttles += 1
         self.limit = max(1, self.limit // 2)
         self._successes_at_limit = 0
-        self.paused_until = now + backoff_delay(self.throttles, initial=self._s.throttle_initial,
-                                                maximum=self._s.throttle_max, rand=self._rand)
+        self.paused_until = now + backoff_delay(
+            self.throttles,
+            initial=self._s.throttle_initial,
+            maximum=self._s.throttle_max,
+            rand=self._rand,
+        )
         self.last_error = error
         new = self.incident_started is None
         if new:

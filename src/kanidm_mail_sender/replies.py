@@ -46,8 +46,12 @@ def is_throttle(code: int, text: str) -> bool:
         return True
     # 4.7.x is policy, rate limits mostly; a bare 421 4.7.0 is a relay closing on us.
     enhanced = _ENHANCED.match(text)
-    return (code != 421 and enhanced is not None and enhanced.group(1) == "4"
-            and enhanced.group(2) == "7")
+    return (
+        code != 421
+        and enhanced is not None
+        and enhanced.group(1) == "4"
+        and enhanced.group(2) == "7"
+    )
 
 
 def classify_reply(stage: Stage, code: int, text: str) -> Verdict:

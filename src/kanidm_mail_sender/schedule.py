@@ -32,9 +32,18 @@ _MONTHS = {
     name: number
     for number, names in enumerate(
         [
-            ("jan", "january"), ("feb", "february"), ("mar", "march"), ("apr", "april"),
-            ("may",), ("jun", "june"), ("jul", "july"), ("aug", "august"),
-            ("sep", "september"), ("oct", "october"), ("nov", "november"), ("dec", "december"),
+            ("jan", "january"),
+            ("feb", "february"),
+            ("mar", "march"),
+            ("apr", "april"),
+            ("may",),
+            ("jun", "june"),
+            ("jul", "july"),
+            ("aug", "august"),
+            ("sep", "september"),
+            ("oct", "october"),
+            ("nov", "november"),
+            ("dec", "december"),
         ],
         start=1,
     )
@@ -44,8 +53,12 @@ _WEEKDAYS = {
     name: number
     for number, names in enumerate(
         [
-            ("sun", "sunday"), ("mon", "monday"), ("tue", "tues", "tuesday"),
-            ("wed", "wednesday"), ("thu", "thurs", "thursday"), ("fri", "friday"),
+            ("sun", "sunday"),
+            ("mon", "monday"),
+            ("tue", "tues", "tuesday"),
+            ("wed", "wednesday"),
+            ("thu", "thurs", "thursday"),
+            ("fri", "friday"),
             ("sat", "saturday"),
         ],
         start=1,
@@ -96,8 +109,7 @@ def _value(token: str, field: _Field, expression: str) -> tuple[int, bool]:
         value, named = found, True
     if not field.low <= value <= field.high:
         raise ScheduleError(
-            f"schedule {expression!r}: {value} is outside {field.name} "
-            f"({field.low}-{field.high})"
+            f"schedule {expression!r}: {value} is outside {field.name} ({field.low}-{field.high})"
         )
     return value, named
 

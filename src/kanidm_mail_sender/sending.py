@@ -50,8 +50,13 @@ log = structlog.get_logger("kanidm_mail_sender.sending")
 class MailTransport(Protocol):
     """The relay, as this stage sees it."""
 
-    async def send(self, envelope: Envelope, *, not_after: float | None = None,
-                   clock: Callable[[], float] = time.time) -> str: ...
+    async def send(
+        self,
+        envelope: Envelope,
+        *,
+        not_after: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> str: ...
 
     async def check(self) -> None: ...
 
@@ -82,12 +87,23 @@ def expires_at(message: QueuedMessage) -> float | None:
 class SendStage:
     """Runs the send workers' loop; owns nothing but its collaborators."""
 
-    def __init__(self, *, transport: MailTransport, journal: Journal, renderer: Renderer,
-                 identity: MailIdentity, inflight: InFlight, queue: asyncio.Queue[Job],
-                 marks: MarkStage, health: RelayHealth, metrics: Metrics,
-                 settings: SendSettings, stopping: asyncio.Event,
-                 on_fatal: Callable[[MailSenderError], None],
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        *,
+        transport: MailTransport,
+        journal: Journal,
+        renderer: Renderer,
+        identity: MailIdentity,
+        inflight: InFlight,
+        queue: asyncio.Queue[Job],
+        marks: MarkStage,
+        health: RelayHealth,
+        metrics: Metrics,
+        settings: SendSettings,
+        stopping: asyncio.Event,
+        on_fatal: Callable[[MailSenderError], None],
+        clock: Callable[[], float],
+    ) -> None:
         self._transport = transport
         self._journal = journal
         self._renderer = renderer
@@ -126,8 +142,7 @@ class SendStage:
             except StateError as exc:
                 self._on_fatal(exc)  # without a journal we cannot promise "never twice"
             except Exception as exc:  # a bug must not silently kill a worker
-                log.exception("engine.worker_error", message_id=str(message_id),
-                              error=repr(exc))
+                log.exception("engine.worker_error", message_id=str(message_id), error=repr(exc))
             finally:
                 if not marking:
                     self._inflight.release(message_id)
@@ -149,8 +164,9 @@ class SendStage:
             return True
         return False
 
-    async def _deliver(self, message: QueuedMessage, destination: str,
-                       attempts: int) -> bool | None:
+    async def _deliver(
+        self, message: QueuedMessage, destination: str, attempts: int
+    ) -> bool | None:
         """True: accepted; False: failed for this destination; None: stop here."""
         ids = {"message_id": str(message.id), "destination": destination}
         not_after = expires_at(message)
@@ -165,32 +181,53 @@ class SendStage:
             started = time.monotonic()
             try:
                 envelope = self._envelope(message, destination)
-                reply = await self._transport.send(envelope, not_after=not_after,
-                                                   clock=self._clock)
+                reply = await self._transport.send(envelope, not_after=not_after, clock=self._clock)
             except BaseException as exc:
                 verdict = await self._failed(exc, message.id, destination, attempts, ids)
                 if verdict == "retry":
                     continue
                 return None if verdict == "stop" else False
             self._report(self._health.succeeded())
-            await self._journal.record(message.id, destination, ACCEPTED, now=self._clock(),
-                                       attempts=attempts, reply=reply[:500])
+            await self._journal.record(
+                message.id,
+                destination,
+                ACCEPTED,
+                now=self._clock(),
+                attempts=attempts,
+                reply=reply[:500],
+            )
             self._metrics.delivered.inc()
             self._metrics.relay_ok()
-            log.info("mail.accepted", **ids, template=message.template.kind,
-                     smtp_message_id=envelope.message_id,
-                     duration_ms=round((time.monotonic() - started) * 1000, 1))
+            log.info(
+                "mail.accepted",
+                **ids,
+                template=message.template.kind,
+                smtp_message_id=envelope.message_id,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+            )
             return True
 
     def _envelope(self, message: QueuedMessage, destination: str) -> Envelope:
         check_address(destination)
-        rendered = self._renderer.render(message.template, message_id=message.id,
-                                         destination=destination)
-        return build_message(rendered, identity=self._identity, destination=destination,
-                             message_id=message.id, date=datetime.now(UTC))
+        rendered = self._renderer.render(
+            message.template, message_id=message.id, destination=destination
+        )
+        return build_message(
+            rendered,
+            identity=self._identity,
+            destination=destination,
+            message_id=message.id,
+            date=datetime.now(UTC),
+        )
 
-    async def _failed(self, exc: BaseException, message_id: UUID, destination: str,
-                      attempts: int, ids: dict[str, str]) -> str:
+    async def _failed(
+        self,
+        exc: BaseException,
+        message_id: UUID,
+        destination: str,
+        attempts: int,
+        ids: dict[str, str],
+    ) -> str:
         """Journal and report one failed attempt; returns "retry", "stop" or "failed"."""
         now = time.monotonic()
         health = self._health
@@ -203,9 +240,12 @@ class SendStage:
         if isinstance(exc, LinkExpired):
             health.cancelled()
             await self._journal.record(message_id, destination, EXPIRED, now=self._clock())
-            log.error("message.expired", **ids,
-                      note="the reset link expired before it went out; not mailed, left in "
-                      "Kanidm's queue")
+            log.error(
+                "message.expired",
+                **ids,
+                note="the reset link expired before it went out; not mailed, left in "
+                "Kanidm's queue",
+            )
             self._metrics.expired.inc()
             return "stop"
         if isinstance(exc, DeliveryRejected | ValueError):
@@ -214,11 +254,21 @@ class SendStage:
             else:
                 health.cancelled()
             error = str(exc) if isinstance(exc, DeliveryRejected) else f"invalid address: {exc}"
-            log.error("mail.rejected", **ids, error=error,
-                      note="permanent failure: not retried; the message stays in Kanidm's queue")
+            log.error(
+                "mail.rejected",
+                **ids,
+                error=error,
+                note="permanent failure: not retried; the message stays in Kanidm's queue",
+            )
             self._metrics.permanent_failures.inc()
-            await self._journal.record(message_id, destination, REJECTED, now=self._clock(),
-                                       attempts=attempts, reply=error[:500])
+            await self._journal.record(
+                message_id,
+                destination,
+                REJECTED,
+                now=self._clock(),
+                attempts=attempts,
+                reply=error[:500],
+            )
             return "failed"
         if isinstance(exc, DeliveryDeferred | TemplateError):
             if isinstance(exc, TemplateError):
@@ -230,27 +280,39 @@ class SendStage:
                 self._report(health.succeeded())
             delay = await self._defer(message_id, destination, attempts, str(exc))
             if isinstance(exc, DeliveryDeferred):
-                log.warning("mail.deferred", **ids, error=str(exc), attempts=attempts,
-                            retry_in_seconds=round(delay, 1))
+                log.warning(
+                    "mail.deferred",
+                    **ids,
+                    error=str(exc),
+                    attempts=attempts,
+                    retry_in_seconds=round(delay, 1),
+                )
             return "failed"
         health.cancelled()
         self.wake()
         raise exc
 
-    async def _defer(self, message_id: UUID, destination: str, attempts: int,
-                     error: str) -> float:
+    async def _defer(self, message_id: UUID, destination: str, attempts: int, error: str) -> float:
         self._metrics.transient_failures.inc()
         delay = backoff_delay(attempts, initial=self._s.retry_initial, maximum=self._s.retry_max)
         now = self._clock()
-        await self._journal.record(message_id, destination, DEFERRED, now=now,
-                                   attempts=attempts, next_attempt=now + delay,
-                                   reply=error[:500])
+        await self._journal.record(
+            message_id,
+            destination,
+            DEFERRED,
+            now=now,
+            attempts=attempts,
+            next_attempt=now + delay,
+            reply=error[:500],
+        )
         return delay
 
     async def _expire(self, message: QueuedMessage, ids: dict[str, str]) -> None:
-        log.error("message.expired", **ids,
-                  note="the reset link expired while it waited; not mailed, left in Kanidm's "
-                  "queue")
+        log.error(
+            "message.expired",
+            **ids,
+            note="the reset link expired while it waited; not mailed, left in Kanidm's queue",
+        )
         self._metrics.expired.inc()
         await self._journal.record(message.id, ids["destination"], EXPIRED, now=self._clock())
 
@@ -272,14 +334,21 @@ class SendStage:
         health = self._health
         self._metrics.relay_paused = health.paused
         if change is Change.PAUSED and self._relay_log.failed(time.monotonic()):
-            log.error("relay.paused", error=error,
-                      pause_seconds=round(health.paused_until - time.monotonic(), 1),
-                      note="all sending is paused; one probe per pause, no attempts spent; "
-                      "logged once per incident")
+            log.error(
+                "relay.paused",
+                error=error,
+                pause_seconds=round(health.paused_until - time.monotonic(), 1),
+                note="all sending is paused; one probe per pause, no attempts spent; "
+                "logged once per incident",
+            )
         elif change is Change.THROTTLED and self._relay_log.failed(time.monotonic()):
-            log.warning("relay.throttled", error=error, concurrency=health.limit,
-                        pause_seconds=round(health.paused_until - time.monotonic(), 1),
-                        note="the relay limits our rate; sending slows down, no attempts spent")
+            log.warning(
+                "relay.throttled",
+                error=error,
+                concurrency=health.limit,
+                pause_seconds=round(health.paused_until - time.monotonic(), 1),
+                note="the relay limits our rate; sending slows down, no attempts spent",
+            )
         elif change is Change.RECOVERED:
             failures = self._relay_log.ended()
             log.info("relay.recovered", incidents=failures, concurrency=health.limit)

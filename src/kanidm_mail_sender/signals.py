@@ -41,8 +41,9 @@ class HardExit:
         """Exit with ``code`` in ``seconds`` unless the process ends first (first arm wins)."""
         self.code = max(self.code, code)
         if self._timer is None:
-            self._timer = threading.Timer(seconds, self.force, args=("the stop took longer "
-                                          f"than its bound of {seconds:g} s",))
+            self._timer = threading.Timer(
+                seconds, self.force, args=(f"the stop took longer than its bound of {seconds:g} s",)
+            )
             self._timer.daemon = True
             self._timer.start()
 
@@ -61,8 +62,9 @@ class HardExit:
 
 
 @contextlib.contextmanager
-def handle_signals(stop: asyncio.Event,
-                   on_repeat: Callable[[str], object] | None = None) -> Iterator[list[int]]:
+def handle_signals(
+    stop: asyncio.Event, on_repeat: Callable[[str], object] | None = None
+) -> Iterator[list[int]]:
     """Within the block, stop signals set ``stop``, and a second one calls ``on_repeat``;
     yields the list of signals received."""
     loop = asyncio.get_running_loop()

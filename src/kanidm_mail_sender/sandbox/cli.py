@@ -29,8 +29,11 @@ TOKEN = "sandbox-token-not-a-real-jws"
 def _show(mail: CapturedMail) -> None:
     bar = "=" * 72
     text = mail.data.decode("utf-8", "replace").replace("\r\n", "\n")
-    print(f"\n{bar}\nmail to {', '.join(mail.rcpt_tos)} (from {mail.mail_from}, "
-          f"AUTH as {mail.authenticated_as})\n{bar}\n{text}", flush=True)
+    print(
+        f"\n{bar}\nmail to {', '.join(mail.rcpt_tos)} (from {mail.mail_from}, "
+        f"AUTH as {mail.authenticated_as})\n{bar}\n{text}",
+        flush=True,
+    )
 
 
 async def _run(work: Path, *, keep_running: bool, wait_seconds: float) -> int:
@@ -40,15 +43,25 @@ async def _run(work: Path, *, keep_running: bool, wait_seconds: float) -> int:
     relay = SmtpStandIn(certs, mode="starttls", auth=("mailer", "sandbox-password"))
     relay.on_mail = _show
     await relay.start()
-    client_path, mail_path = write_configs(work / "config", kanidm_url=kanidm.url, token=TOKEN,
-                                           relay=relay, certs=certs)
+    client_path, mail_path = write_configs(
+        work / "config", kanidm_url=kanidm.url, token=TOKEN, relay=relay, certs=certs
+    )
     kanidm.queue_test_message("ellie@example.com", "Ellie Example")
     kanidm.queue_credential_reset("alice@example.com", "Alice Example")
-    print(f"Kanidm stand-in: {kanidm.url}   SMTP relay: {relay.url} (STARTTLS + AUTH)\n"
-          f"configs: {client_path} and {mail_path}\nqueued 2 messages; starting the daemon",
-          flush=True)
-    command = [sys.executable, "-m", "kanidm_mail_sender", "-c", str(client_path),
-               "-m", str(mail_path)]
+    print(
+        f"Kanidm stand-in: {kanidm.url}   SMTP relay: {relay.url} (STARTTLS + AUTH)\n"
+        f"configs: {client_path} and {mail_path}\nqueued 2 messages; starting the daemon",
+        flush=True,
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "kanidm_mail_sender",
+        "-c",
+        str(client_path),
+        "-m",
+        str(mail_path),
+    ]
     if os.geteuid() == 0 or os.getegid() == 0:
         command.append("--skip-root-check")
         print("(running as root: passing --skip-root-check to the daemon)", flush=True)
@@ -63,8 +76,9 @@ async def _run(work: Path, *, keep_running: bool, wait_seconds: float) -> int:
                 print("timed out waiting for every message to be marked sent", flush=True)
                 return 1
             await asyncio.sleep(0.2)
-        print(f"\nall {len(kanidm.sent())} messages were mailed and marked sent in Kanidm",
-              flush=True)
+        print(
+            f"\nall {len(kanidm.sent())} messages were mailed and marked sent in Kanidm", flush=True
+        )
         return 0
     finally:
         if daemon.returncode is None:
@@ -78,14 +92,20 @@ async def _run(work: Path, *, keep_running: bool, wait_seconds: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``kanidm-mail-sender-sandbox``."""
     parser = argparse.ArgumentParser(prog="kanidm-mail-sender-sandbox", description=__doc__)
-    parser.add_argument("--keep-running", action="store_true",
-                        help="keep everything running until Ctrl-C")
-    parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds to wait for delivery (default: %(default)s)")
+    parser.add_argument(
+        "--keep-running", action="store_true", help="keep everything running until Ctrl-C"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for delivery (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="kanidm-mail-sender-sandbox-") as work:
         try:
-            return asyncio.run(_run(Path(work), keep_running=args.keep_running,
-                                    wait_seconds=args.timeout))
+            return asyncio.run(
+                _run(Path(work), keep_running=args.keep_running, wait_seconds=args.timeout)
+            )
         except KeyboardInterrupt:
             return 0

@@ -26,8 +26,9 @@ def write_configs(
     mail-sender keys (a value of None removes the key)."""
     directory.mkdir(parents=True, exist_ok=True)
     client = directory / "client-config.toml"
-    client.write_text(tomli_w.dumps({"uri": kanidm_url, "ca_path": str(certs.ca_path),
-                                     "connect_timeout": 5}))
+    client.write_text(
+        tomli_w.dumps({"uri": kanidm_url, "ca_path": str(certs.ca_path), "connect_timeout": 5})
+    )
     mail: dict[str, Any] = {
         "token": token,
         "schedule": "* * * * * *",

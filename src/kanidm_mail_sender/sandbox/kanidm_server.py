@@ -77,8 +77,12 @@ class Faults:
     read_only: bool = False
 
 
-_ERROR_BODIES = {401: b'"notauthenticated"', 403: b'"accessdenied"',
-                 404: b'"nomatchingentries"', 500: b'"resourcelimit"'}
+_ERROR_BODIES = {
+    401: b'"notauthenticated"',
+    403: b'"accessdenied"',
+    404: b'"nomatchingentries"',
+    500: b'"resourcelimit"',
+}
 
 
 class KanidmStandIn:
@@ -98,8 +102,9 @@ class KanidmStandIn:
 
     def _add(self, template: Any, destinations: list[str], **extra: Any) -> UUID:
         now = datetime.now(UTC) - timedelta(seconds=1)
-        message = StoredMessage(uuid4(), template, destinations, now, now + timedelta(days=7),
-                                extra=extra)
+        message = StoredMessage(
+            uuid4(), template, destinations, now, now + timedelta(days=7), extra=extra
+        )
         self.messages[message.id] = message
         return message.id
 
@@ -119,9 +124,13 @@ class KanidmStandIn:
         """Queue a ``CredentialResetV1``; a negative ``expires_in`` makes it already expired."""
         targets = [to] if isinstance(to, str) else to
         expiry = int((datetime.now(UTC) + timedelta(seconds=expires_in)).timestamp())
-        template = {"CredentialResetV1": {"display_name": display_name,
-                                          "intent_id": intent or intent_id(),
-                                          "expiry_time": expiry}}
+        template = {
+            "CredentialResetV1": {
+                "display_name": display_name,
+                "intent_id": intent or intent_id(),
+                "expiry_time": expiry,
+            }
+        }
         return self._add(template, targets)
 
     def queue_raw(self, template: Any, destinations: list[str]) -> UUID:
@@ -148,8 +157,9 @@ class KanidmStandIn:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    async def start(self, ssl_context: ssl.SSLContext, host: str = "127.0.0.1",
-                    port: int = 0) -> str:
+    async def start(
+        self, ssl_context: ssl.SSLContext, host: str = "127.0.0.1", port: int = 0
+    ) -> str:
         """Listen on host:port over TLS; returns the base URL."""
         self._server = await serve(self._handle, host, port, ssl_context=ssl_context)
         self.url = f"https://{host}:{self._server.port}"
@@ -179,7 +189,7 @@ class KanidmStandIn:
         path = request.path.split("?", 1)[0]
         if not path.startswith(_MESSAGE_PREFIX):
             return Response(404, b"Route not found", "text/plain")
-        rest = path[len(_MESSAGE_PREFIX):]
+        rest = path[len(_MESSAGE_PREFIX) :]
         if rest == "_ready" and request.method == "GET":
             return await self._ready()
         if rest.endswith("/_sent"):
@@ -215,7 +225,7 @@ class KanidmStandIn:
     async def _stream(ready: list[StoredMessage]) -> AsyncIterator[bytes]:
         yield b'{"schemas":[],"totalResults":%d,"resources":[' % len(ready)
         for start in range(0, len(ready), 256):
-            batch = ready[start:start + 256]
+            batch = ready[start : start + 256]
             prefix = b"," if start else b""
             yield prefix + b",".join(json.dumps(m.resource()).encode() for m in batch)
             await asyncio.sleep(0)

@@ -53,8 +53,14 @@ class _Handler:
     def __init__(self, stand_in: SmtpStandIn) -> None:
         self._s = stand_in
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         with self._s.lock:
             replies = self._s.faults.rcpt_replies.get(address)
             if replies:
@@ -62,8 +68,7 @@ class _Handler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
-    async def handle_DATA(self, server: SMTP, session: Session,
-                          envelope: Envelope) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         rcpt = envelope.rcpt_tos[0] if envelope.rcpt_tos else ""
         if self._s.faults.stall_in_data:
             await asyncio.sleep(self._s.faults.stall_in_data)
@@ -139,20 +144,26 @@ class SmtpStandIn:
         scheme = "smtps" if self.mode == "smtps" else "smtp"
         return f"{scheme}://{self.host}:{self.port}"
 
-    def _authenticator(self, server: SMTP, session: Session, envelope: Envelope,
-                       mechanism: str, auth_data: Any) -> AuthResult:
+    def _authenticator(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         assert self.auth is not None
-        ok = (isinstance(auth_data, LoginPassword)
-              and auth_data.login == self.auth[0].encode()
-              and auth_data.password == self.auth[1].encode())
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login == self.auth[0].encode()
+            and auth_data.password == self.auth[1].encode()
+        )
         if not ok:
             self.auth_failures += 1
         return AuthResult(success=ok, handled=False, auth_data=auth_data)
 
     async def start(self) -> None:
         """Start listening on the running loop (picks a free port when ``port`` was 0)."""
-        options: dict[str, Any] = {"server_hostname": "relay.test", "hostname": self.host,
-                                   "enable_SMTPUTF8": self.smtputf8}
+        options: dict[str, Any] = {
+            "server_hostname": "relay.test",
+            "hostname": self.host,
+            "enable_SMTPUTF8": self.smtputf8,
+        }
         if self.mode == "smtps":
             options["ssl_context"] = self.certs.server_context()
             options["auth_require_tls"] = False  # aiosmtpd only counts STARTTLS as TLS
@@ -163,8 +174,9 @@ class SmtpStandIn:
             options["auth_required"] = True
             options["authenticator"] = self._authenticator
         port = self._port or _free_port(self.host)
-        controller = UnthreadedController(_Handler(self), port=port,
-                                          loop=asyncio.get_running_loop(), **options)
+        controller = UnthreadedController(
+            _Handler(self), port=port, loop=asyncio.get_running_loop(), **options
+        )
         controller.server_coro = controller._create_server()
         controller.server = await controller.server_coro
         self._controller = controller
