@@ -8,6 +8,7 @@ the key, what is wrong and what to do.
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -235,6 +236,18 @@ class ClientConfig(BaseModel):
                 "must be an absolute https URL of your Kanidm server, "
                 "such as https://idm.example.com"
             )
+        if parts.username is not None or parts.password is not None:
+            # httpx would send them as Basic auth, and the URL is logged at start.
+            raise ValueError(
+                "must not contain user:password@; the mail sender authenticates with its "
+                "API token only"
+            )
+        try:
+            parts.port  # noqa: B018 - urlsplit checks the port range only when asked
+        except ValueError:
+            raise ValueError("has a port that is not a number between 1 and 65535") from None
+        if parts.port == 0:
+            raise ValueError("has a port that is not a number between 1 and 65535")
         return value
 
     @property
@@ -272,15 +285,41 @@ def _explain(path: Path, error: ValidationError) -> ConfigError:
     return ConfigError("\n".join(lines))
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+_MAX_FILE = 1 << 20  # a config or secret file is a few hundred bytes
+
+
+def read_regular_file(path: Path, what: str = "") -> bytes:
+    """The bytes of ``path``, refusing anything but a regular file of at most 1 MiB.
+
+    A FIFO or a device given by mistake would otherwise block the start forever (or feed
+    it without end); it is opened without blocking and refused after one ``fstat``.
+    """
+    prefix = f"{what}: " if what else ""
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found; create it or pass its path") from None
+        raise ConfigError(f"{prefix}{path}: file not found; create it or pass its path") from None
     except OSError as exc:
         raise ConfigError(
-            f"{path}: cannot be read ({exc.strerror}); check its permissions"
+            f"{prefix}{path}: cannot be read ({exc.strerror}); check its permissions"
         ) from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(
+                f"{prefix}{path}: is not a regular file (a directory, FIFO or device?); "
+                "give the path of the file itself"
+            )
+        try:
+            data = file.read(_MAX_FILE + 1)
+        except OSError as exc:
+            raise ConfigError(f"{prefix}{path}: cannot be read ({exc.strerror})") from None
+    if len(data) > _MAX_FILE:
+        raise ConfigError(f"{prefix}{path}: is larger than 1 MiB; this is not a config file")
+    return data
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    raw = read_regular_file(path)
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -314,11 +353,12 @@ def _resolve_secrets(
             raise ConfigError(f"{path}: '{key}' is given by {names}; keep exactly one of them")
         if sources and sources[0][1] is not None:
             secret_path = sources[0][1]
+            raw = read_regular_file(secret_path, f"{path}: {sources[0][0]}")
             try:
-                data[key] = secret_path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
+                data[key] = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
                 raise ConfigError(
-                    f"{path}: {sources[0][0]}: cannot read {secret_path} ({exc.strerror})"
+                    f"{path}: {sources[0][0]}: {secret_path} is not UTF-8 text"
                 ) from None
     return data
 

@@ -49,12 +49,20 @@ class Timestamp:
         return event_dict
 
 
-_BARE = re.compile(r'[^\s"=\\]+')
+_BARE = re.compile(r'[^\s"=\\\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]+')
+# Left raw by json.dumps(ensure_ascii=False), yet able to forge or hide text on a terminal:
+# DEL, C1 controls, line separators, zero-width and bidirectional overrides.
+_UNSAFE = re.compile("[\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def _value(value: Any) -> str:
+    """A value as it goes into a text line: bare when plain, else quoted with every control
+    character escaped (Kanidm data such as display names reaches the log)."""
     text = value if isinstance(value, str) else str(value)
-    return text if _BARE.fullmatch(text) else json.dumps(text, ensure_ascii=False)
+    if _BARE.fullmatch(text):
+        return text
+    quoted = json.dumps(text, ensure_ascii=False)
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", quoted)
 
 
 class TextRenderer:

@@ -18,12 +18,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-from kanidm_mail_sender.httpserver import HttpServer, Request, Response, serve
+from kanidm_mail_sender.httpserver import HttpServer, Limits, Request, Response, serve
 
 __all__ = ["KanidmStandIn", "StoredMessage"]
 
 _ALPHABET = "abcdefghjkpqrstuvwxyz0123456789"
 _MESSAGE_PREFIX = "/scim/v1/Message/"
+# A test peer, not a public listener: a client reading a long list slowly (behind a slow
+# relay) must not be cut off.
+_LIMITS = Limits(header_timeout=60, idle_timeout=60, write_timeout=600)
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -161,7 +164,9 @@ class KanidmStandIn:
         self, ssl_context: ssl.SSLContext, host: str = "127.0.0.1", port: int = 0
     ) -> str:
         """Listen on host:port over TLS; returns the base URL."""
-        self._server = await serve(self._handle, host, port, ssl_context=ssl_context)
+        self._server = await serve(
+            self._handle, host, port, ssl_context=ssl_context, limits=_LIMITS
+        )
         self.url = f"https://{host}:{self._server.port}"
         return self.url
 

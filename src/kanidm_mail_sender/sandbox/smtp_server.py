@@ -4,6 +4,7 @@ optional AUTH, and scripted faults per recipient."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import threading
@@ -16,7 +17,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from kanidm_mail_sender.sandbox.certs import Certs
 
-__all__ = ["CapturedMail", "SmtpStandIn"]
+__all__ = ["CapturedMail", "GreetingGate", "SmtpStandIn"]
 
 Mode = Literal["starttls", "smtps", "plain"]
 
@@ -43,6 +44,7 @@ class CapturedMail:
 class RelayFaults:
     """Scripted relay behaviour. Lists are consumed one entry per matching attempt."""
 
+    mail_replies: list[str] = field(default_factory=list)  # answers to MAIL FROM, in turn
     rcpt_replies: dict[str, list[str]] = field(default_factory=dict)
     data_replies: dict[str, list[str]] = field(default_factory=dict)
     drop_in_data: dict[str, int] = field(default_factory=dict)
@@ -52,6 +54,22 @@ class RelayFaults:
 class _Handler:
     def __init__(self, stand_in: SmtpStandIn) -> None:
         self._s = stand_in
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        with self._s.lock:
+            self._s.mail_commands += 1
+            if self._s.faults.mail_replies:
+                return self._s.faults.mail_replies.pop(0)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self,
@@ -70,6 +88,7 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         rcpt = envelope.rcpt_tos[0] if envelope.rcpt_tos else ""
+        self._s.data_started += 1
         if self._s.faults.stall_in_data:
             await asyncio.sleep(self._s.faults.stall_in_data)
         with self._s.lock:
@@ -129,6 +148,8 @@ class SmtpStandIn:
         self.lock = threading.Lock()
         self.on_mail: Any = None
         self.auth_failures = 0
+        self.mail_commands = 0
+        self.data_started = 0
         self._controller: UnthreadedController | None = None
         self._port = port
 
@@ -194,3 +215,67 @@ def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+class GreetingGate:
+    """A TCP front for a plain-text-greeting (STARTTLS) relay: while ``refusing`` it answers
+    every connection ``421`` and hangs up, otherwise it passes bytes through; it counts the
+    connections either way, so a test can bound how often the client tries."""
+
+    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
+        self.target_port = target_port
+        self.host = host
+        self.refusing = True
+        self.reply = b"421 4.3.2 Service not available, closing transmission channel\r\n"
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """The ``mail_relay`` URL of the gate."""
+        return f"smtp://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Listen on a free port."""
+        self._server = await asyncio.start_server(self._connection, self.host, 0)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        if self.refusing:
+            writer.write(self.reply)
+            with contextlib.suppress(OSError):
+                await writer.drain()
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        tasks = {
+            asyncio.create_task(pipe(reader, up_writer)),
+            asyncio.create_task(pipe(up_reader, writer)),
+        }
+        self._pipes |= tasks
+        for task in tasks:
+            task.add_done_callback(self._pipes.discard)
+
+    async def stop(self) -> None:
+        """Stop listening and cut every passed-through connection."""
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._pipes):
+                task.cancel()
+            await asyncio.wait_for(self._server.wait_closed(), 2)
+            self._server = None
