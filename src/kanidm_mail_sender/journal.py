@@ -254,9 +254,12 @@ class Journal:
     def close(self, *, wait: bool = True) -> None:
         """Close the database and release the lock; ``wait=False`` does not wait for a
         commit under way (a stop after a writer failure)."""
+        if self._lock_fd < 0:
+            return
         busy = self._flusher is not None and not self._flusher.done()
         self._executor.shutdown(wait=wait and not busy)
         for conn in (self._reader, self._writer):
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         os.close(self._lock_fd)
+        self._lock_fd = -1

@@ -230,6 +230,7 @@ class GreetingGate:
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def port(self) -> int:
@@ -248,20 +249,25 @@ class GreetingGate:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self._writers.add(writer)
         if self.refusing:
             writer.write(self.reply)
             with contextlib.suppress(OSError):
                 await writer.drain()
-            writer.close()
+            await self._close(writer)
             return
         up_reader, up_writer = await asyncio.open_connection(self.host, self.target_port)
+        self._writers.add(up_writer)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
+            try:
                 while data := await src.read(65536):
                     dst.write(data)
                     await dst.drain()
-            dst.close()
+            except OSError:
+                pass
+            finally:
+                await self._close(dst)
 
         tasks = {
             asyncio.create_task(pipe(reader, up_writer)),
@@ -271,11 +277,22 @@ class GreetingGate:
         for task in tasks:
             task.add_done_callback(self._pipes.discard)
 
+    async def _close(self, writer: asyncio.StreamWriter) -> None:
+        self._writers.discard(writer)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
     async def stop(self) -> None:
         """Stop listening and cut every passed-through connection."""
         if self._server is not None:
             self._server.close()
             for task in list(self._pipes):
                 task.cancel()
-            await asyncio.wait_for(self._server.wait_closed(), 2)
+            if self._pipes:
+                await asyncio.wait(list(self._pipes), timeout=2)
+            for writer in list(self._writers):
+                await self._close(writer)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
             self._server = None

@@ -1,0 +1,215 @@
+"""Table tests of the pure decisions: delivery plans, backoff, SMTP reply classes, relay
+health, and the bounded memory of reported entries."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import pytest
+
+from kanidm_mail_sender.delivery import NO_DESTINATION, Action, backoff_delay, plan_message
+from kanidm_mail_sender.dispatch import ReportedOnce
+from kanidm_mail_sender.journal import ACCEPTED, DEFERRED, EXPIRED, REJECTED, DestinationState
+from kanidm_mail_sender.messages import CredentialResetV1, QueuedMessage, TestMessageV1
+from kanidm_mail_sender.relay_health import Change, HealthSettings, RelayHealth
+from kanidm_mail_sender.replies import Stage, Verdict, classify_reply, is_throttle, redact_reply
+
+NOW = 1_800_000_000.0
+
+
+def message(*destinations: str, expires: float | None = None) -> QueuedMessage:
+    template = (
+        TestMessageV1("Ann")
+        if expires is None
+        else CredentialResetV1("Ann", "k4p9x", datetime.fromtimestamp(expires, UTC))
+    )
+    return QueuedMessage(uuid4(), destinations, template)
+
+
+def state(kind: str, attempts: int = 1, next_attempt: float | None = None) -> DestinationState:
+    return DestinationState(kind, attempts, next_attempt, None)
+
+
+@pytest.mark.parametrize(
+    ("destinations", "states", "expires", "action", "due"),
+    [
+        (("a",), {}, None, Action.SEND, ("a",)),
+        ((), {}, None, Action.NO_DESTINATION, ()),
+        (("a",), {NO_DESTINATION: state(REJECTED)}, None, Action.DONE, ()),
+        (("a", "b"), {"a": state(ACCEPTED)}, None, Action.SEND, ("b",)),
+        (("a", "b"), {"a": state(ACCEPTED), "b": state(ACCEPTED)}, None, Action.MARK, ()),
+        (("a",), {"a": state(DEFERRED, next_attempt=NOW + 10)}, None, Action.WAIT, ()),
+        (("a",), {"a": state(DEFERRED, next_attempt=NOW - 1)}, None, Action.SEND, ("a",)),
+        (("a",), {"a": state(REJECTED)}, None, Action.DONE, ()),
+        (("a",), {"a": state(EXPIRED)}, None, Action.DONE, ()),
+        (("a",), {}, NOW - 1, Action.EXPIRE, ()),
+        (("a",), {}, NOW + 60, Action.SEND, ("a",)),
+        # accepted everywhere: marked even if the link expired meanwhile
+        (("a",), {"a": state(ACCEPTED)}, NOW - 1, Action.MARK, ()),
+    ],
+)
+def test_plan(destinations, states, expires, action, due) -> None:
+    plan = plan_message(message(*destinations, expires=expires), states, NOW)
+    assert (plan.action, plan.due) == (action, due)
+
+
+def test_plan_carries_attempts_of_due_destinations() -> None:
+    states = {"a": state(DEFERRED, attempts=3, next_attempt=NOW - 1)}
+    assert plan_message(message("a", "b"), states, NOW).attempts == {"a": 3}
+
+
+@pytest.mark.parametrize(
+    ("attempts", "rand", "expected"),
+    [
+        (1, 0.5, 30.0),
+        (2, 0.5, 60.0),
+        (3, 0.0, 90.0),  # 120 - 25 %
+        (3, 1.0, 150.0),  # 120 + 25 %
+        (20, 0.5, 3600.0),  # capped
+        (20, 1.0, 3600.0),  # jitter never passes the cap
+        (0, 0.5, 30.0),
+    ],
+)
+def test_backoff(attempts: int, rand: float, expected: float) -> None:
+    assert backoff_delay(attempts, initial=30, maximum=3600, rand=lambda: rand) == expected
+
+
+@pytest.mark.parametrize(
+    ("stage", "code", "text", "verdict"),
+    [
+        (Stage.CONNECT, 421, "4.3.2 try later", Verdict.RELAY_DOWN),
+        (Stage.CONNECT, 554, "5.7.1 no service", Verdict.RELAY_DOWN),
+        (Stage.AUTH, 535, "5.7.8 bad credentials", Verdict.RELAY_DOWN),
+        (Stage.MAIL, 553, "5.7.1 sender not owned", Verdict.RELAY_DOWN),
+        (Stage.MAIL, 451, "4.3.0 local error", Verdict.RELAY_DOWN),
+        (Stage.MAIL, 450, "4.7.1 too many messages, slow down", Verdict.THROTTLE),
+        (Stage.RCPT, 550, "5.1.1 no such user", Verdict.REJECT),
+        (Stage.RCPT, 451, "4.3.0 try later", Verdict.DEFER),
+        (Stage.RCPT, 451, "4.7.1 greylisted, come back later", Verdict.DEFER),
+        (Stage.RCPT, 450, "4.7.1 Client host rejected: rate limit", Verdict.THROTTLE),
+        (Stage.RCPT, 452, "4.7.0 throttled", Verdict.THROTTLE),
+        (Stage.RCPT, 421, "4.7.0 closing", Verdict.RELAY_DOWN),
+        (Stage.RCPT, 421, "4.7.0 too many connections, rate limited", Verdict.THROTTLE),
+        (Stage.DATA, 554, "5.6.0 content refused", Verdict.REJECT),
+        (Stage.DATA, 451, "4.4.1 try later", Verdict.DEFER),
+        (Stage.DATA, 550, "5.7.1 rate limit reached for today", Verdict.REJECT),
+    ],
+)
+def test_reply_classes(stage: Stage, code: int, text: str, verdict: Verdict) -> None:
+    assert classify_reply(stage, code, text) is verdict
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "throttle"),
+    [
+        (450, "4.7.1 rate limit", True),
+        (451, "4.7.0 policy", True),
+        (421, "4.7.0 closing", False),
+        (451, "throttled, try again later", True),
+        (452, "4.5.3 too many recipients", True),
+        (451, "4.3.0 temporary failure", False),
+        (550, "5.7.1 rate limit", False),
+        (450, "4.7.1 greylisted", False),
+    ],
+)
+def test_throttle_detection(code: int, text: str, throttle: bool) -> None:
+    assert is_throttle(code, text) is throttle
+
+
+@pytest.mark.parametrize(
+    ("text", "secrets", "expected"),
+    [
+        ("5.7.8 bad credentials", (), "5.7.8 bad credentials"),
+        ("5.7.8 AUTH PLAIN AG1haWxlcgBzM2NyZXQ= failed", (), "5.7.8 AUTH PLAIN [redacted] failed"),
+        ("wrong password s3cret", ("s3cret",), "wrong password [redacted]"),
+        ("echo czNjcmV0", ("s3cret",), "echo [redacted]"),
+        ("queued as 4FzKq1", (), "queued as 4FzKq1"),
+    ],
+)
+def test_reply_redaction(text: str, secrets: tuple[str, ...], expected: str) -> None:
+    assert redact_reply(text, secrets) == expected
+
+
+def health(limit: int = 4) -> RelayHealth:
+    return RelayHealth(
+        HealthSettings(max_concurrency=limit, pause_initial=10, pause_max=40),
+        rand=lambda: 0.5,
+    )
+
+
+def test_cold_start_sends_one_probe_then_opens_up() -> None:
+    h = health()
+    assert h.start(0)
+    assert not h.start(0)  # the probe is alone until it succeeds
+    assert math.isinf(h.wait_time(0))
+    assert h.succeeded() is None
+    assert [h.start(0) for _ in range(5)] == [True, True, True, True, False]
+
+
+def test_relay_down_pauses_probes_once_per_pause_and_recovers() -> None:
+    h = health()
+    h.start(0)
+    h.succeeded()
+    for _ in range(3):
+        assert h.start(0)
+    assert h.relay_down(1, "421") is Change.PAUSED
+    assert h.relay_down(1, "421") is None  # the other sends of the same incident
+    assert h.relay_down(1, "421") is None
+    assert h.paused
+    assert h.wait_time(1) == 10
+    assert not h.start(5)
+    assert h.start(11)  # the probe
+    assert not h.start(11)
+    assert h.relay_down(11, "421") is None  # still the same incident: no second log line
+    assert h.wait_time(11) == 20  # backoff doubled
+    assert h.start(31)
+    assert h.succeeded() is Change.RECOVERED
+    assert not h.paused
+    assert h.start(31)
+
+
+def test_throttling_halves_concurrency_and_wins_it_back() -> None:
+    h = health(limit=4)
+    h.start(0)
+    h.succeeded()
+    h.start(0)
+    assert h.throttled(0, "450 4.7.1") is Change.THROTTLED
+    assert h.limit == 2
+    assert not h.start(1)
+    h.paused_until = 0
+    assert [h.start(3) for _ in range(3)] == [True, True, False]
+    for _ in range(2):
+        h.succeeded()
+    for _ in range(8):
+        h.start(3)
+        h.succeeded()
+    assert h.limit == 3
+
+
+def test_transport_failures_in_a_row_count_as_relay_down() -> None:
+    h = RelayHealth(HealthSettings(max_concurrency=4, transport_failures_limit=3))
+    h.start(0)
+    h.succeeded()
+    for _ in range(2):
+        h.start(0)
+        assert h.transport_failed(0, "timeout") is None
+    h.start(0)
+    assert h.transport_failed(0, "timeout") is Change.PAUSED
+
+
+def test_a_cancelled_probe_lets_the_next_one_go() -> None:
+    h = health()
+    assert h.start(0)
+    h.cancelled()
+    assert h.start(0)
+    assert not h.start(0)
+
+
+def test_reported_once_is_bounded() -> None:
+    seen = ReportedOnce(3)
+    assert [seen.first_time(k) for k in "abca"] == [True, True, True, False]
+    assert seen.first_time("d")  # "b" is forgotten now (least recently seen)
+    assert len(seen) == 3
+    assert seen.first_time("b")
