@@ -166,8 +166,7 @@ def test_relay_down_pauses_probes_once_per_pause_and_recovers() -> None:
     assert h.wait_time(11) == 20  # backoff doubled
     assert h.start(31)
     assert h.succeeded() is Change.RECOVERED
-    assert not h.paused
-    assert h.start(31)
+    assert (h.paused, h.start(31)) == (False, True)
 
 
 def test_throttling_halves_concurrency_and_wins_it_back() -> None:

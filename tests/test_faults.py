@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,13 +23,13 @@ from .test_engine import delivered, wait_until
 Factory = Callable[..., Harness]
 RelayFactory = Callable[..., Awaitable[SmtpStandIn]]
 
-FAST = {
-    "retry_initial": 30,
-    "mark_retry_initial": 0.05,
-    "mark_retry_max": 0.2,
-    "list_retry_initial": 0.01,
-    "list_retry_max": 0.01,
-}
+FAST = EngineSettings(
+    retry_initial=30,
+    mark_retry_initial=0.05,
+    mark_retry_max=0.2,
+    list_retry_initial=0.01,
+    list_retry_max=0.01,
+)
 
 
 async def test_a_stalled_relay_delays_neither_marks_nor_the_next_poll(
@@ -47,7 +48,7 @@ async def test_a_stalled_relay_delays_neither_marks_nor_the_next_poll(
     kanidm.messages = dict(  # the accepted ones last, behind the stuck backlog
         sorted(kanidm.messages.items(), key=lambda item: item[0] in accepted)
     )
-    settings = EngineSettings(send_workers=2, queue_size=4, **FAST)
+    settings = replace(FAST, send_workers=2, queue_size=4)
     harness = harness_factory(settings=settings, mail_timeout_seconds=120)
     started = time.monotonic()
     await asyncio.wait_for(harness.engine.poll(feed_seconds=0.5), 5)
@@ -69,7 +70,7 @@ async def test_resets_expiring_behind_a_slow_relay_are_never_mailed(
     relay.on_mail = lambda mail: arrivals.append(time.time() - 0.4)  # when DATA began
     ids = [kanidm.queue_credential_reset(f"r{i}@example.com", expires_in=2) for i in range(10)]
     expiry = {m: kanidm.messages[m].template["CredentialResetV1"]["expiry_time"] for m in ids}
-    settings = EngineSettings(send_workers=1, **FAST)
+    settings = replace(FAST, send_workers=1)
     harness = harness_factory(settings=settings)
     with capture_logs() as logs:
         await harness.cycle()
@@ -113,7 +114,7 @@ async def test_421_at_connect_costs_one_attempt_per_pause_not_per_message(
     await gate.start()
     try:
         ids = [kanidm.queue_test_message(f"u{i}@example.com") for i in range(100)]
-        settings = EngineSettings(relay_pause_initial=0.2, relay_pause_max=0.4, **FAST)
+        settings = replace(FAST, relay_pause_initial=0.2, relay_pause_max=0.4)
         harness = harness_factory(relay=relay, mail_relay=gate.url, settings=settings)
         with capture_logs() as logs:
             poll = asyncio.create_task(harness.cycle())
