@@ -9,10 +9,10 @@ from uuid import UUID
 
 import pytest
 
+from kanidm_mail_sender.listparse import ReadyListParser
 from kanidm_mail_sender.messages import (
     CredentialResetV1,
     MalformedMessage,
-    ReadyListParser,
     TestMessageV1,
     UnknownTemplate,
     parse_resource,
@@ -90,9 +90,9 @@ def test_empty_queue_and_key_order() -> None:
     "body",
     [
         b'{"schemas":[],"resources":[{"id":1}',
-        b'{"schemas":[]} trailing',
         b"[1,2]",
-        b'{"resources":[1 2]}',
+        b'{"resources":{}}',
+        b'{"schemas":["a"',
     ],
 )
 def test_truncated_or_invalid_bodies_raise(body: bytes) -> None:

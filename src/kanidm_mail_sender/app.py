@@ -32,7 +32,7 @@ from kanidm_mail_sender.errors import (
 )
 from kanidm_mail_sender.httpserver import HttpServer
 from kanidm_mail_sender.journal import Journal
-from kanidm_mail_sender.kanidm import KanidmClient, build_http_client
+from kanidm_mail_sender.kanidm import KanidmClient, ListLimits, build_http_client
 from kanidm_mail_sender.limits import raise_open_files_limit
 from kanidm_mail_sender.mail import MailIdentity, build_message
 from kanidm_mail_sender.messages import TestMessageV1
@@ -133,17 +133,22 @@ def make_kanidm(configs: Configs) -> KanidmClient:
         timeout=mail.http_timeout_seconds,
         max_connections=max(8, mail.mail_max_connections * 2),
     )
+    limits = ListLimits(
+        timeout=mail.http_list_timeout_seconds, max_bytes=mail.http_list_max_mib << 20
+    )
     if not mail.http_pipelining:
-        return KanidmClient(http)
+        return KanidmClient(http, limits=limits)
     if proxied(configs.client.base_url):
         log.info(
             "kanidm.pipelining_off",
             reason="an HTTPS proxy is set in the environment; "
             "marks go through it one request at a time",
         )
-        return KanidmClient(http)
+        return KanidmClient(http, limits=limits)
     return KanidmClient(
-        http, build_mark_pipeline(configs.client, token, timeout=mail.http_timeout_seconds)
+        http,
+        build_mark_pipeline(configs.client, token, timeout=mail.http_timeout_seconds),
+        limits=limits,
     )
 
 

@@ -118,6 +118,8 @@ class MailSenderConfig(BaseModel):
     mail_helo_name: str | None = None
     http_timeout_seconds: float = Field(default=30, gt=0, le=3600)
     http_pipelining: StrictBool = True
+    http_list_timeout_seconds: float = Field(default=120, gt=0, le=3600)
+    http_list_max_mib: int = Field(default=256, ge=1, le=4096)
     state_dir: Path | None = None
     shutdown_grace_seconds: float = Field(default=10, ge=0, le=3600)
     retry_initial_seconds: float = Field(default=30, gt=0, le=86400)

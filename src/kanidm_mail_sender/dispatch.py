@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -37,7 +38,7 @@ log = structlog.get_logger("kanidm_mail_sender.dispatch")
 class MessageSource(Protocol):
     """Kanidm's ready list, as this stage sees it: resources, or entries already found bad."""
 
-    def ready(self) -> AsyncIterator[Any]: ...
+    def ready(self) -> AsyncGenerator[Any, None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,18 +124,19 @@ class Dispatcher:
         self.overflowed = 0
         oldest: datetime | None = None
         try:
-            async for item in self._source.ready():
-                if self._stopping.is_set():
-                    return
-                count += 1
-                message = self._parse(item, skipped_lines < self._s.skipped_lines_per_poll)
-                if message is None:
-                    skipped_lines += 1
-                    continue
-                sent_after = message.send_after
-                if sent_after is not None and (oldest is None or sent_after < oldest):
-                    oldest = sent_after
-                await self._route(message, feed_until)
+            async with aclosing(self._source.ready()) as items:
+                async for item in items:
+                    if self._stopping.is_set():
+                        return
+                    count += 1
+                    message = self._parse(item, skipped_lines < self._s.skipped_lines_per_poll)
+                    if message is None:
+                        skipped_lines += 1
+                        continue
+                    sent_after = message.send_after
+                    if sent_after is not None and (oldest is None or sent_after < oldest):
+                        oldest = sent_after
+                    await self._route(message, feed_until)
         except KanidmAuthError as exc:
             self._on_fatal(exc)
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
@@ -41,7 +41,7 @@ _LISTED_IDS = 1000  # at most this many ids per list in the cut-off log line
 class MessageSource(Protocol):
     """Kanidm, as the engine sees it."""
 
-    def ready(self) -> AsyncIterator[Any]: ...
+    def ready(self) -> AsyncGenerator[Any, None]: ...
 
     async def mark_sent(self, message_id: UUID) -> None: ...
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -19,10 +22,12 @@ from kanidm_mail_sender.errors import (
     KanidmResponseError,
     KanidmUnavailable,
 )
-from kanidm_mail_sender.messages import ReadyListParser
+from kanidm_mail_sender.decoding import BodyTooLarge, Decoder
+from kanidm_mail_sender.listparse import ReadyListParser
 
 __all__ = [
     "READY_PATH",
+    "ListLimits",
     "USER_AGENT",
     "KanidmClient",
     "Marker",
@@ -101,6 +106,55 @@ def status_error(status: int, body: bytes, what: str) -> KanidmError:
     return KanidmResponseError(detail, status=status)
 
 
+@dataclass(frozen=True, slots=True)
+class ListLimits:
+    """Bounds of one poll: Kanidm's total time to send the list, and the list's size."""
+
+    timeout: float = 120.0
+    max_bytes: int = 256 << 20
+
+
+_LIST_HEADERS = {"Accept-Encoding": "gzip"}
+_EXCERPT = 4096
+
+
+class _Budget:
+    """Time left for the waits of one request, spent only while waiting on the network."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        self._loop = loop
+        self.left = seconds
+
+    @contextlib.asynccontextmanager
+    async def spend(self) -> AsyncIterator[None]:
+        started = self._loop.time()
+        try:
+            async with asyncio.timeout(max(self.left, 0.0)):
+                yield
+        finally:
+            self.left -= self._loop.time() - started
+
+
+async def _raw(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body as it came over the wire; a response already read (a transport that
+    buffers, such as a test's mock) gives its content in one piece."""
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    except httpx.StreamConsumed:
+        yield response.content
+
+
+async def _excerpt(response: httpx.Response) -> bytes:
+    """The start of an error body, never the whole of a hostile one."""
+    body = bytearray()
+    async for chunk in _raw(response):
+        body += chunk
+        if len(body) >= _EXCERPT:
+            break
+    return bytes(body[:_EXCERPT])
+
+
 class Marker(Protocol):
     """Something that marks messages sent faster than one httpx request each."""
 
@@ -112,35 +166,80 @@ class Marker(Protocol):
 class KanidmClient:
     """Lists ready messages and marks them sent, mapping httpx errors to ours."""
 
-    def __init__(self, http: httpx.AsyncClient, marker: Marker | None = None) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        marker: Marker | None = None,
+        limits: ListLimits | None = None,
+    ) -> None:
         self._http = http
         self._marker = marker
+        self._limits = limits or ListLimits()
 
     @property
     def pipelined(self) -> bool:
         """Whether marks go through the pipeline rather than one httpx request each."""
         return self._marker is not None
 
-    async def ready(self) -> AsyncIterator[Any]:
-        """Yield each resource of the ready list as it is parsed off the wire."""
+    async def ready(self) -> AsyncGenerator[Any, None]:
+        """Yield each resource of the ready list (or a MalformedMessage for a bad entry) as it
+        is parsed off the wire.
+
+        The time spent waiting for Kanidm is bounded for the whole list, not per read, and
+        the body's size is bounded before and after decoding; the caller's own time between
+        items does not count.
+        """
+        limits, what = self._limits, "listing ready messages"
         parser = ReadyListParser()
+        loop = asyncio.get_running_loop()
+        budget = _Budget(loop, limits.timeout)
         try:
-            async with self._http.stream("GET", READY_PATH) as response:
-                if response.status_code != 200:
-                    raise status_error(
-                        response.status_code, await response.aread(), "listing ready messages"
+            async with contextlib.AsyncExitStack() as stack:
+                async with budget.spend():
+                    response = await stack.enter_async_context(
+                        self._http.stream("GET", READY_PATH, headers=_LIST_HEADERS)
                     )
-                async for chunk in response.aiter_bytes():
-                    for resource in parser.feed(chunk):
-                        yield resource
-            for resource in parser.feed(b"", final=True):
-                yield resource
+                if response.status_code != 200:
+                    async with budget.spend():
+                        body = await _excerpt(response)
+                    raise status_error(response.status_code, body, what)
+                decoder = Decoder(
+                    response.headers.get("content-encoding", ""), limit=limits.max_bytes
+                )
+                chunks = _raw(response)
+                while True:
+                    try:
+                        async with budget.spend():
+                            chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    if decoder.received + len(chunk) > limits.max_bytes:
+                        raise BodyTooLarge(f"the body is larger than {limits.max_bytes} bytes")
+                    for piece in decoder.feed(chunk):
+                        for item in parser.feed(piece):
+                            yield item
+                        await asyncio.sleep(0)  # a large chunk must not hold the loop
+                for piece in decoder.flush():
+                    for item in parser.feed(piece):
+                        yield item
+            for item in parser.feed(b"", final=True):
+                yield item
+        except TimeoutError as exc:
+            raise KanidmUnavailable(
+                f"{what}: Kanidm did not send the whole list within {limits.timeout:g} s "
+                "(http_list_timeout_seconds)"
+            ) from exc
         except httpx.TimeoutException as exc:
-            raise KanidmUnavailable(f"listing ready messages: Kanidm timed out ({exc!r})") from exc
+            raise KanidmUnavailable(f"{what}: Kanidm timed out ({exc!r})") from exc
         except httpx.TransportError as exc:
-            raise KanidmUnavailable(f"listing ready messages: cannot reach Kanidm ({exc})") from exc
+            raise KanidmUnavailable(f"{what}: cannot reach Kanidm ({exc})") from exc
+        except BodyTooLarge as exc:
+            raise KanidmResponseError(
+                f"{what}: {exc} (http_list_max_mib); raise it if your queue is really that big",
+                status=200,
+            ) from exc
         except ValueError as exc:
-            raise KanidmResponseError(f"listing ready messages: {exc}", status=200) from exc
+            raise KanidmResponseError(f"{what}: {exc}", status=200) from exc
 
     async def count_ready(self) -> int:
         """How many messages are ready (for ``--check``)."""

@@ -6,9 +6,6 @@ and skipped while the rest of the queue goes on (upstream fails the whole poll).
 
 from __future__ import annotations
 
-import codecs
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +17,6 @@ __all__ = [
     "CredentialResetV1",
     "MalformedMessage",
     "QueuedMessage",
-    "ReadyListParser",
     "Template",
     "TestMessageV1",
     "UnknownTemplate",
@@ -147,105 +143,3 @@ def _timestamp(value: Any) -> datetime | None:
         return datetime.fromisoformat(value)
     except ValueError:
         return None
-
-
-_WS = " \t\r\n"
-
-
-class ReadyListParser:
-    """Incrementally splits a ``ScimListResponse`` body into its resources.
-
-    Feed it chunks as they arrive; it yields each element of ``resources`` as soon as it is
-    complete, so memory does not grow with the size of the queue.
-    """
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")()
-        self._json = json.JSONDecoder()
-        self._buf = ""
-        self._pos = 0
-        self._state = "start"
-        self._key = ""
-        self.total_results: int | None = None
-
-    def feed(self, chunk: bytes, *, final: bool = False) -> Iterator[Any]:
-        """Add ``chunk`` and yield every resource it completes."""
-        self._buf = self._buf[self._pos :] + self._decoder.decode(chunk, final)
-        self._pos = 0
-        yield from self._advance(final)
-        if final and (self._state != "done" or self._buf[self._pos :].strip(_WS)):
-            raise ValueError("the list of ready messages ended early or has trailing data")
-
-    def _skip(self) -> str | None:
-        buf, pos = self._buf, self._pos
-        while pos < len(buf) and buf[pos] in _WS:
-            pos += 1
-        self._pos = pos
-        return buf[pos] if pos < len(buf) else None
-
-    def _value(self, final: bool) -> tuple[bool, Any]:
-        try:
-            value, end = self._json.raw_decode(self._buf, self._pos)
-        except json.JSONDecodeError:
-            if final:
-                raise ValueError("the list of ready messages is not valid JSON") from None
-            return False, None
-        if end == len(self._buf) and not final:
-            return False, None  # a number may continue in the next chunk
-        self._pos = end
-        return True, value
-
-    def _advance(self, final: bool) -> Iterator[Any]:  # noqa: C901 - a small state machine
-        while True:
-            char = self._skip()
-            if char is None or self._state == "done":
-                return
-            state = self._state
-            if state == "start":
-                self._expect(char, "{")
-                self._state = "key"
-            elif state in ("key", "key_or_end"):
-                if char == "}" and state == "key_or_end":
-                    self._pos += 1
-                    self._state = "done"
-                    continue
-                ok, key = self._value(final)
-                if not ok:
-                    return
-                self._key = key
-                self._state = "colon"
-            elif state == "colon":
-                self._expect(char, ":")
-                self._state = "value"
-            elif state == "value":
-                if self._key == "resources":
-                    self._expect(char, "[")
-                    self._state = "item_or_end"
-                    continue
-                ok, value = self._value(final)
-                if not ok:
-                    return
-                if self._key == "totalResults" and isinstance(value, int):
-                    self.total_results = value
-                self._state = "after_value"
-            elif state == "after_value":
-                self._expect(char, ",}")
-                self._state = "key" if char == "," else "done"
-            elif state in ("item", "item_or_end"):
-                if char == "]" and state == "item_or_end":
-                    self._pos += 1
-                    self._state = "after_value"
-                    continue
-                ok, value = self._value(final)
-                if not ok:
-                    return
-                self._state = "after_item"
-                yield value
-            elif state == "after_item":
-                self._expect(char, ",]")
-                self._state = "item" if char == "," else "after_value"
-
-    def _expect(self, char: str, allowed: str) -> None:
-        if char not in allowed:
-            raise ValueError(f"unexpected {char!r} in the list of ready messages")
-        self._pos += 1
