@@ -162,7 +162,7 @@ def test_two_sources_for_one_secret_is_an_error(tmp_path: Path) -> None:
 
 def test_unreadable_secret_file(tmp_path: Path) -> None:
     data = with_(token=None, token_file=str(tmp_path / "missing"))
-    with pytest.raises(ConfigError, match="token_file.*missing: file not found"):
+    with pytest.raises(ConfigError, match=r"token_file.*missing: file not found"):
         load_mail_config(write(tmp_path, data), environ={})
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 from structlog.testing import capture_logs

@@ -14,6 +14,7 @@ import httpx
 
 from kanidm_mail_sender import __version__
 from kanidm_mail_sender.config import ClientConfig
+from kanidm_mail_sender.decoding import BodyTooLarge, Decoder
 from kanidm_mail_sender.errors import (
     ConfigError,
     KanidmAuthError,
@@ -22,14 +23,13 @@ from kanidm_mail_sender.errors import (
     KanidmResponseError,
     KanidmUnavailable,
 )
-from kanidm_mail_sender.decoding import BodyTooLarge, Decoder
 from kanidm_mail_sender.listparse import ReadyListParser
 
 __all__ = [
     "READY_PATH",
-    "ListLimits",
     "USER_AGENT",
     "KanidmClient",
+    "ListLimits",
     "Marker",
     "build_http_client",
     "sent_path",
@@ -135,6 +135,32 @@ class _Budget:
             self.left -= self._loop.time() - started
 
 
+async def _items(
+    response: httpx.Response, budget: _Budget, max_bytes: int
+) -> AsyncGenerator[Any, None]:
+    """The entries of a ready-list body, decoded and parsed as it arrives."""
+    parser = ReadyListParser()
+    decoder = Decoder(response.headers.get("content-encoding", ""), limit=max_bytes)
+    chunks = _raw(response)
+    while True:
+        try:
+            async with budget.spend():
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            break
+        if decoder.received + len(chunk) > max_bytes:
+            raise BodyTooLarge(f"the body is larger than {max_bytes} bytes")
+        for piece in decoder.feed(chunk):
+            for item in parser.feed(piece):
+                yield item
+            await asyncio.sleep(0)  # a large chunk must not hold the loop
+    for piece in decoder.flush():
+        for item in parser.feed(piece):
+            yield item
+    for item in parser.feed(b"", final=True):
+        yield item
+
+
 async def _raw(response: httpx.Response) -> AsyncIterator[bytes]:
     """The body as it came over the wire; a response already read (a transport that
     buffers, such as a test's mock) gives its content in one piece."""
@@ -190,7 +216,6 @@ class KanidmClient:
         items does not count.
         """
         limits, what = self._limits, "listing ready messages"
-        parser = ReadyListParser()
         loop = asyncio.get_running_loop()
         budget = _Budget(loop, limits.timeout)
         try:
@@ -203,27 +228,9 @@ class KanidmClient:
                     async with budget.spend():
                         body = await _excerpt(response)
                     raise status_error(response.status_code, body, what)
-                decoder = Decoder(
-                    response.headers.get("content-encoding", ""), limit=limits.max_bytes
-                )
-                chunks = _raw(response)
-                while True:
-                    try:
-                        async with budget.spend():
-                            chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        break
-                    if decoder.received + len(chunk) > limits.max_bytes:
-                        raise BodyTooLarge(f"the body is larger than {limits.max_bytes} bytes")
-                    for piece in decoder.feed(chunk):
-                        for item in parser.feed(piece):
-                            yield item
-                        await asyncio.sleep(0)  # a large chunk must not hold the loop
-                for piece in decoder.flush():
-                    for item in parser.feed(piece):
+                async with contextlib.aclosing(_items(response, budget, limits.max_bytes)) as items:
+                    async for item in items:
                         yield item
-            for item in parser.feed(b"", final=True):
-                yield item
         except TimeoutError as exc:
             raise KanidmUnavailable(
                 f"{what}: Kanidm did not send the whole list within {limits.timeout:g} s "
