@@ -228,7 +228,9 @@ async def test_mark_sent_5xx_is_retried_without_resending(
     assert len(relay.mails) == 1
     assert kanidm.mark_calls[message] == 3
     assert kanidm.sent() == [message]
-    assert (kanidm.connections_accepted == 2) is pipelining  # the list, then one for marks
+    if pipelining:
+        # The list; the marks' connection; the 503 on a reused connection asked again alone.
+        assert kanidm.connections_accepted == 3
 
 
 async def test_a_mark_outage_is_logged_once_not_per_message(

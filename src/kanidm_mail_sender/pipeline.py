@@ -1,22 +1,33 @@
 """Mark-sent over one keep-alive HTTPS connection, many requests per round trip.
 
 httpx spends about a millisecond of CPU per request on pool and stream bookkeeping, more than
-the SMTP send it follows. Kanidm answers pipelined HTTP/1.1 requests in order, and mark-sent is
-idempotent in effect (a repeat only moves ``sent_at``), so the marks that pile up while one
-batch is on the wire go out together in the next write, and requests that a lost connection
-left unanswered can be written again on a new one.
+the SMTP send it follows. Kanidm answers pipelined HTTP/1.1 requests in order, and mark-sent
+is idempotent in effect (a repeat only moves ``sent_at``), so the marks that pile up while one
+batch is on the wire go out together in the next write.
+
+h11 frames both directions; h11's client does not pipeline, so the scheduling is ours: it
+writes a batch at once and then walks one h11 state machine through the answers in order.
+Because an HTTP/1.1 answer carries nothing that ties it to its request, an answer is trusted
+only where a mistake cannot hurt: a 200 in a batch (a wrongly attributed 200 heals itself, as
+the message is listed again and marked again), or any answer to a request sent alone. Every
+other answer in a batch (a stray 401, a stale 408, a 404 that may belong to a neighbour) has
+its request asked again alone on a fresh connection. Framing errors, extra answers, floods
+of interim answers or a lost connection drop the connection, and its unanswered requests are
+written again, a bounded number of times.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections import deque
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 from urllib.request import getproxies_environment, proxy_bypass
 from uuid import UUID
+
+import h11
 
 from kanidm_mail_sender.config import ClientConfig
 from kanidm_mail_sender.errors import KanidmError, KanidmResponseError, KanidmUnavailable
@@ -24,78 +35,79 @@ from kanidm_mail_sender.kanidm import USER_AGENT, sent_path, status_error, tls_c
 
 __all__ = ["MarkPipeline", "build_mark_pipeline", "proxied"]
 
-_MAX_BODY = 1 << 20  # a mark-sent answer is a few bytes; anything huge is not Kanidm
+_MAX_BODY = 64 * 1024  # a mark-sent answer is a few bytes; anything huge is not Kanidm
+_MAX_HEAD = 16 * 1024
+_MAX_INTERIM = 8  # 1xx answers before the real one; an endless stream is an attack
+_MAX_TRIES = 3  # writes of one request after lost connections, before its caller is told
 _KEEPALIVE_EXPIRY = 5.0  # like httpx: do not reuse a connection idle for longer
+_TEMPLATE_ID = UUID(int=0)
 
 
-class _Malformed(Exception):
-    """The peer did not speak HTTP/1.1 as expected."""
+class _Broken(Exception):
+    """The connection cannot be trusted any more (framing, extra data, interim flood)."""
 
 
 @dataclass(slots=True)
 class _Pending:
     message_id: UUID
     future: asyncio.Future[tuple[int, bytes]]
-    written_before: bool = False
+    tries: int = 0
+    alone: bool = False  # ask on its own connection: its answer in a batch was not trusted
+
+
+class _Stream(asyncio.Protocol):
+    """The bytes of one connection, buffered where the scheduler can see them."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.eof = False
+        self.transport: asyncio.WriteTransport | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; both can write.
+        self.transport = cast("asyncio.WriteTransport", transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    @property
+    def stale(self) -> bool:
+        """Bytes or an end arrived while nothing was asked: not reusable (httpcore's check)."""
+        return bool(self.buffer) or self.eof
+
+    async def read(self) -> bytes:
+        """What has arrived, waiting for something; b"" at the end."""
+        while not self.buffer and not self.eof:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        return data
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
 
 @dataclass(slots=True)
 class _Connection:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    stream: _Stream
     last_used: float
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    body = bytearray()
-    while True:
-        size_line = await reader.readuntil(b"\r\n")
-        try:
-            size = int(size_line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise _Malformed(f"bad chunk size {size_line[:20]!r}") from None
-        if size == 0:
-            while await reader.readuntil(b"\r\n") != b"\r\n":
-                pass  # trailers
-            return bytes(body)
-        if len(body) + size > _MAX_BODY:
-            raise _Malformed("response body too large")
-        body += (await reader.readexactly(size + 2))[:-2]
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
-    """One HTTP/1.x response: status, body, and whether the server closes after it."""
-    while True:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError:
-            raise _Malformed("response headers too large") from None
-        lines = head[:-4].split(b"\r\n")
-        version, _, rest = lines[0].partition(b" ")
-        if not version.startswith(b"HTTP/1.") or not rest[:3].isdigit():
-            raise _Malformed(f"not an HTTP/1.1 status line: {lines[0][:60]!r}")
-        status = int(rest[:3])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip().lower()
-        if 100 <= status < 200:
-            continue  # an interim answer (100 Continue); the real one follows
-        connection = headers.get(b"connection", b"")
-        closing = connection == b"close" or (version == b"HTTP/1.0" and connection != b"keep-alive")
-        if b"chunked" in headers.get(b"transfer-encoding", b""):
-            return status, await _read_chunked(reader), closing
-        if b"content-length" in headers:
-            length = headers[b"content-length"]
-            if not length.isdigit() or int(length) > _MAX_BODY:
-                raise _Malformed(f"bad Content-Length {length[:20]!r}")
-            return status, await reader.readexactly(int(length)), closing
-        if status in (204, 304):
-            return status, b"", closing
-        return status, await reader.read(_MAX_BODY), True  # delimited by the close
 
 
 class MarkPipeline:
@@ -118,11 +130,16 @@ class MarkPipeline:
         self._timeout = timeout
         self._connect_timeout = connect_timeout or timeout
         self._max_batch = max_batch
-        self._headers = (
-            f" HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
-            f"User-Agent: {USER_AGENT}\r\nContent-Type: application/json\r\n"
-            "Content-Length: 4\r\n\r\nnull"
-        ).encode("latin-1")
+        self._headers = [
+            ("Host", parts.netloc),
+            ("Authorization", f"Bearer {token}"),
+            ("User-Agent", USER_AGENT),
+            ("Content-Type", "application/json"),
+            ("Content-Length", "4"),
+        ]
+        template = self._serialise(_TEMPLATE_ID)
+        marker = str(_TEMPLATE_ID).encode()
+        self._before_id, _, self._after_id = template.partition(marker)
         self._queue: deque[_Pending] = deque()
         self._in_flight: list[_Pending] = []
         self._wake = asyncio.Event()
@@ -149,8 +166,7 @@ class MarkPipeline:
         self._closed = True
         if self._driver is not None:
             self._driver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._driver
+            await asyncio.wait([self._driver], timeout=1.0)
         self._drop()
         self._fail([*self._in_flight, *self._queue], "the client is closed")
         self._queue.clear()
@@ -161,78 +177,193 @@ class MarkPipeline:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch: list[_Pending] = []
-            while self._queue and len(batch) < self._max_batch:
-                pending = self._queue.popleft()
-                if not pending.future.done():  # its caller may have given up (shutdown)
-                    batch.append(pending)
-            if batch:
-                self._in_flight = batch
-                try:
-                    await self._exchange(batch)
-                except Exception as exc:  # a bug here must not leave callers waiting forever
-                    self._drop()
-                    self._fail(batch, f"unexpected error ({exc!r})")
-                self._in_flight = []
+            batch = self._next_batch()
+            if not batch:
+                continue
+            self._in_flight = batch
+            try:
+                await self._exchange(batch)
+            except Exception as exc:  # a bug here must not leave callers waiting forever
+                self._drop()
+                self._fail(batch, f"unexpected error ({exc!r})")
+            self._in_flight = []
+
+    def _next_batch(self) -> list[_Pending]:
+        """Up to ``max_batch`` waiting requests; a request to be asked alone goes alone."""
+        batch: list[_Pending] = []
+        while self._queue and len(batch) < self._max_batch:
+            pending = self._queue[0]
+            if pending.future.done():  # its caller gave up (shutdown)
+                self._queue.popleft()
+                continue
+            if pending.alone and batch:
+                break
+            batch.append(self._queue.popleft())
+            if pending.alone:
+                break
+        return batch
+
+    def _serialise(self, message_id: UUID) -> bytes:
+        """One request exactly as h11 writes it."""
+        writer = h11.Connection(h11.CLIENT)
+        return b"".join(
+            (
+                writer.send(self._request(message_id)) or b"",
+                writer.send(h11.Data(data=b"null")) or b"",
+                writer.send(h11.EndOfMessage()) or b"",
+            )
+        )
+
+    def _request_bytes(self, message_id: UUID) -> bytes:
+        # h11 writes every request alike but for the id, which has a fixed length: its bytes
+        # are made once and the id put in (a tenth of the cost of h11 per request).
+        return self._before_id + str(message_id).encode() + self._after_id
+
+    def _request(self, message_id: UUID) -> h11.Request:
+        return h11.Request(method="POST", target=sent_path(message_id), headers=self._headers)
 
     async def _exchange(self, batch: list[_Pending]) -> None:
-        answered, reused = 0, False
+        """Write ``batch``, read its answers; every request ends answered, failed or queued
+        again. One deadline covers the whole batch."""
+        answers: list[tuple[int, bytes]] = []
+        alone = len(batch) == 1 and batch[0].alone
+        closing = False
         try:
-            connection, reused = await self._connect()
-            connection.writer.write(
-                b"".join(b"POST " + sent_path(p.message_id).encode() + self._headers for p in batch)
-            )
-            for pending in batch:
-                async with asyncio.timeout(self._timeout):
-                    status, body, closing = await _read_response(connection.reader)
-                answered += 1
-                if not pending.future.done():
-                    pending.future.set_result((status, body))
-                if closing:  # the server ignores what followed; write the rest again
-                    self._drop()
-                    self._queue.extendleft(reversed(batch[answered:]))
-                    return
+            async with asyncio.timeout(self._timeout):
+                for pending in batch:
+                    pending.tries += 1
+                opened = self.connections_opened
+                connection = await self._connect(fresh=alone)
+                # One request on a connection opened for it: no neighbour, nothing earlier.
+                alone = len(batch) == 1 and self.connections_opened != opened
+                stream = connection.stream
+                assert stream.transport is not None
+                stream.transport.write(b"".join(self._request_bytes(p.message_id) for p in batch))
+                reader = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
+                for pending in batch:
+                    reader.send(self._request(pending.message_id))
+                    reader.send(h11.Data(data=b"null"))
+                    reader.send(h11.EndOfMessage())
+                    answers.append(await self._answer(reader, stream))
+                    if h11.MUST_CLOSE in (reader.our_state, reader.their_state):
+                        closing = True
+                        break
+                    reader.start_next_cycle()
+                if not closing and (reader.trailing_data[0] or stream.buffer):
+                    raise _Broken("Kanidm sent more answers than it was asked")
             connection.last_used = asyncio.get_running_loop().time()
         except TimeoutError:
             self._drop()
-            self._fail(batch[answered:], f"Kanidm did not answer within {self._timeout:g} s")
-        except _Malformed as exc:
+            self._settle(batch, answers)
+            self._fail(batch[len(answers) :], f"Kanidm did not answer within {self._timeout:g} s")
+            return
+        except (_Broken, h11.ProtocolError) as exc:
             self._drop()
-            self._fail(
-                batch[answered:], f"Kanidm's answer is not HTTP/1.1 ({exc})", KanidmResponseError
+            # Answers read before the stream broke may be shifted by it: none is trusted.
+            self._retry(
+                batch, f"Kanidm's answer is not HTTP/1.1 as expected ({exc})", KanidmResponseError
             )
-        except (OSError, ssl.SSLError, EOFError, asyncio.IncompleteReadError) as exc:
+            return
+        except (OSError, ssl.SSLError, EOFError) as exc:
             self._drop()
-            rest = batch[answered:]
-            # A kept-alive connection the server closed meanwhile: the requests never reached
-            # a handler, so they are written once more on a fresh connection.
-            if reused and answered == 0 and not any(p.written_before for p in rest):
-                for pending in rest:
-                    pending.written_before = True
-                self._queue.extendleft(reversed(rest))
-            else:
-                self._fail(rest, f"cannot reach Kanidm ({exc or type(exc).__name__})")
+            self._settle(batch, answers)
+            self._retry(batch[len(answers) :], f"cannot reach Kanidm ({exc or type(exc).__name__})")
+            return
+        if closing:  # the server ignores what followed; written again, not a failure
+            self._drop()
+            for pending in batch[len(answers) :]:
+                pending.tries -= 1
+            self._queue.extendleft(reversed(batch[len(answers) :]))
+        self._settle(batch, answers, alone)
 
-    async def _connect(self) -> tuple[_Connection, bool]:
+    async def _answer(self, reader: h11.Connection, stream: _Stream) -> tuple[int, bytes]:
+        """The next final answer on ``reader``: status and body."""
+        status = interim = 0
+        body = bytearray()
+        ended = False
+        while True:
+            try:
+                event = reader.next_event()
+            except h11.RemoteProtocolError:
+                if ended:  # the peer hung up mid-answer: unreachable, not malformed
+                    raise EOFError("the connection closed mid-answer") from None
+                raise
+            if event is h11.NEED_DATA:
+                data = await stream.read()
+                ended = not data
+                reader.receive_data(data)  # b"" ends a close-delimited body, or errs
+                continue
+            if isinstance(event, h11.InformationalResponse):
+                interim += 1
+                if interim > _MAX_INTERIM:
+                    raise _Broken(f"more than {_MAX_INTERIM} interim answers")
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > _MAX_BODY:
+                    raise _Broken("answer body too large")
+            elif isinstance(event, h11.EndOfMessage):
+                if status == 408:
+                    # A server's idle timeout answered before our request was read.
+                    raise _Broken("a 408 Request Timeout, written before our request was read")
+                return status, bytes(body)
+            elif isinstance(event, h11.ConnectionClosed):
+                raise EOFError("the connection closed mid-answer")
+            else:
+                raise _Broken(f"unexpected {type(event).__name__}")
+
+    def _settle(
+        self, batch: list[_Pending], answers: list[tuple[int, bytes]], alone: bool = False
+    ) -> None:
+        """Hand out the answers that can be trusted; ask the others again, alone."""
+        for pending, (status, body) in zip(batch, answers, strict=False):
+            if pending.future.done():
+                continue
+            if status == 200 or alone:
+                pending.future.set_result((status, body))
+            else:
+                pending.alone = True
+                pending.tries = 0
+                self._queue.appendleft(pending)
+
+    def _retry(
+        self,
+        pendings: list[_Pending],
+        reason: str,
+        kind: type[KanidmError] = KanidmUnavailable,
+    ) -> None:
+        """Write unanswered requests again on a fresh connection, a bounded number of times."""
+        again = [p for p in pendings if p.tries < _MAX_TRIES and not p.future.done()]
+        self._fail([p for p in pendings if p not in again], reason, kind)
+        self._queue.extendleft(reversed(again))
+
+    async def _connect(self, *, fresh: bool) -> _Connection:
         now = asyncio.get_running_loop().time()
         connection = self._connection
-        if connection is not None and now - connection.last_used <= _KEEPALIVE_EXPIRY:
-            return connection, True
+        if (
+            not fresh
+            and connection is not None
+            and now - connection.last_used <= _KEEPALIVE_EXPIRY
+            and not connection.stream.stale
+        ):
+            return connection
         self._drop()
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
-                reader, writer = await asyncio.open_connection(
-                    self._host, self._port, ssl=self._tls, server_hostname=self._host
+                _, stream = await loop.create_connection(
+                    _Stream, self._host, self._port, ssl=self._tls, server_hostname=self._host
                 )
         except TimeoutError:
             raise ConnectionError(f"no connection within {self._connect_timeout:g} s") from None
         self.connections_opened += 1
-        self._connection = _Connection(reader, writer, now)
-        return self._connection, False
+        self._connection = _Connection(stream, now)
+        return self._connection
 
     def _drop(self) -> None:
         if self._connection is not None:
-            self._connection.close()
+            self._connection.stream.close()
             self._connection = None
 
     @staticmethod

@@ -240,8 +240,8 @@ class KanidmStandIn:
         self.mark_calls[message_id] += 1
         if self.faults.mark_delay:
             await asyncio.sleep(self.faults.mark_delay)
-        if self.faults.mark_statuses:
-            status = self.faults.mark_statuses.pop(0)
+        status = self.faults.mark_statuses.pop(0) if self.faults.mark_statuses else 200
+        if status != 200:  # a scripted 200 is the normal answer
             return Response(status, _ERROR_BODIES.get(status, b'"error"'))
         if self.faults.read_only:
             return Response(403, _ERROR_BODIES[403])
