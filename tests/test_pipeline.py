@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from uuid import UUID, uuid4
 
@@ -253,3 +254,162 @@ def test_proxies_from_the_environment_turn_pipelining_off(
     assert proxied("https://idm.example.com")
     monkeypatch.setenv("NO_PROXY", "idm.example.com")
     assert not proxied("https://idm.example.com")
+
+
+# -- hostile peers: each caller gets its own answer, or a retry, never a neighbour's --------
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnull"
+
+
+async def read_requests(reader: asyncio.StreamReader, count: int) -> list[str]:
+    """The paths of ``count`` pipelined requests."""
+    return [(await read_request(reader))[0].split(" ")[1] for _ in range(count)]
+
+
+def path(message: UUID) -> str:
+    return f"/scim/v1/Message/{message}/_sent"
+
+
+async def honest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer 200 to every request until the client hangs up."""
+    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+        while True:
+            await read_request(reader)
+            writer.write(OK)
+            await writer.drain()
+
+
+async def test_a_stale_408_on_a_kept_alive_connection_is_nobodys_answer(
+    scripted: Callable[[Script], Awaitable[str]], certs: Certs
+) -> None:
+    """The server's idle timeout wrote 408 and closed just as we reused the connection."""
+    seen: list[list[str]] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            seen.append(await read_requests(reader, 1))
+            writer.write(OK)
+            await writer.drain()
+            seen.append(await read_requests(reader, 2))  # the next batch, then the 408
+            writer.write(
+                b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            )
+            await writer.drain()
+            return
+        await honest(reader, writer)
+
+    marker = pipeline_for(await scripted(script), certs)
+    first, second, third = uuid4(), uuid4(), uuid4()
+    await marker.mark_sent(first)
+    results = await asyncio.gather(
+        marker.mark_sent(second), marker.mark_sent(third), return_exceptions=True
+    )
+    await marker.aclose()
+    assert results == [None, None]  # asked again on a fresh connection, answered 200
+    assert seen == [[path(first)], [path(second), path(third)]]
+
+
+@pytest.mark.parametrize(
+    ("answers", "why"),
+    [
+        (OK + OK + OK, "an extra answer"),
+        (b'HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n""' + OK + OK, "a stray 401"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nnull" + OK,
+            "conflicting lengths",
+        ),
+        (b"HTTP/1.1 2000 OK\r\nContent-Length: 4\r\n\r\nnull" + OK, "a bad status line"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\nnull" + OK, "a bad length"),
+        (b"HTTP/1.1 102 Processing\r\n\r\n" * 50 + OK + OK, "a flood of interim answers"),
+        (OK, "a close mid-batch"),
+    ],
+)
+async def test_a_batch_with_wrong_answers_is_asked_again(
+    scripted: Callable[[Script], Awaitable[str]], certs: Certs, answers: bytes, why: str
+) -> None:
+    """The first connection answers the two-request batch wrongly; no caller may see a
+    wrong answer: each gets the honest second connection's 200."""
+    connections = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        connections.append(n)
+        if n == 1:
+            await read_requests(reader, 2)
+            writer.write(answers)
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            return
+        await honest(reader, writer)
+
+    marker = pipeline_for(await scripted(script), certs)
+    results = await asyncio.gather(
+        marker.mark_sent(uuid4()), marker.mark_sent(uuid4()), return_exceptions=True
+    )
+    await marker.aclose()
+    assert results == [None, None], why
+    assert len(connections) >= 2, why
+
+
+async def test_reordered_refusals_are_never_attributed(
+    scripted: Callable[[Script], Awaitable[str]], certs: Certs
+) -> None:
+    """Answers swapped by a broken peer: the 404 meant for one request arrives for the other.
+    A refusal in a batch is asked again alone, so it never reaches the wrong caller."""
+    gone, present = uuid4(), uuid4()
+    not_found = b'HTTP/1.1 404 Not Found\r\nContent-Length: 19\r\n\r\n"nomatchingentries"'
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                paths = [(await read_request(reader))[0].split(" ")[1]]
+                while len(paths) < 2 and n == 1:
+                    paths += await read_requests(reader, 1)
+                # answer in reverse order: the 404 lands on the wrong request
+                for p in reversed(paths):
+                    writer.write(not_found if p == path(gone) else OK)
+                await writer.drain()
+
+    marker = pipeline_for(await scripted(script), certs)
+    results = await asyncio.gather(
+        marker.mark_sent(present), marker.mark_sent(gone), return_exceptions=True
+    )
+    await marker.aclose()
+    assert results[0] is None  # the 404 meant for `gone` never reaches `present`
+    # `gone` may have received `present`'s 200: harmless, as a message wrongly taken for
+    # marked is listed again at the next poll and marked then
+    assert results[1] is None or isinstance(results[1], KanidmNotFound)
+
+
+async def test_an_endless_interim_stream_is_cut_and_reported(
+    scripted: Callable[[Script], Awaitable[str]], certs: Certs
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(10_000):
+                writer.write(b"HTTP/1.1 102 Processing\r\n\r\n")
+                await writer.drain()
+
+    marker = pipeline_for(await scripted(script), certs)
+    with pytest.raises(KanidmResponseError, match="interim"):
+        await marker.mark_sent(uuid4())
+    await marker.aclose()
+    assert marker.connections_opened == 3  # the request was written three times, no more
+
+
+async def test_one_deadline_covers_a_dripping_answer(
+    scripted: Callable[[Script], Awaitable[str]], certs: Certs
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        with contextlib.suppress(ConnectionError):
+            for byte in OK:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+
+    marker = pipeline_for(await scripted(script), certs, timeout=0.5)
+    with pytest.raises(KanidmUnavailable, match=r"within 0\.5 s"):
+        await marker.mark_sent(uuid4())
+    await marker.aclose()
