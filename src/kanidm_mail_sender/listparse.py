@@ -29,7 +29,7 @@ _OUTSIDE = re.compile(rb'["{}\[\]]')
 _INSIDE = re.compile(rb'["\\]')
 _SCALAR_END = re.compile(rb"[,}\]\s]")
 _NOT_SPACE = re.compile(rb"[^ \t\r\n]")
-_ITEM_EDGE = re.compile(rb"[,{\]]")
+_ITEM_EDGE = re.compile(rb'[,{\[\]"]')
 _ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,64})"')
 _BOM = b"\xef\xbb\xbf"
 
@@ -141,7 +141,7 @@ class ReadyListParser:
                 elif char in b"]":
                     self._pos += 1
                     self._state = "key"
-                elif char in b"{":
+                elif char in b'{["':  # an entry, or at least a value to skip whole
                     self._begin(char, keep=True)
                 else:  # not an entry: skipped to the next one, the list goes on
                     found = _ITEM_EDGE.search(self._buf, self._pos)

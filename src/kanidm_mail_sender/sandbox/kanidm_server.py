@@ -11,6 +11,7 @@ import asyncio
 import json
 import secrets
 import ssl
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -78,6 +79,13 @@ class Faults:
     list_delay: float = 0.0
     mark_delay: float = 0.0
     read_only: bool = False
+    # Hostile list bodies: raw bytes put between the real entries, before the body, and
+    # the body dripped a few bytes at a time, or gzip-compressed (with padding after it).
+    list_raw_entries: list[bytes] = field(default_factory=list)
+    list_prefix: bytes = b""
+    list_drip: float = 0.0
+    list_gzip: bool = False
+    list_gzip_padding: int = 0
 
 
 _ERROR_BODIES = {
@@ -86,6 +94,25 @@ _ERROR_BODIES = {
     404: b'"nomatchingentries"',
     500: b'"resourcelimit"',
 }
+
+
+async def _drip(body: AsyncIterator[bytes], delay: float) -> AsyncIterator[bytes]:
+    async for chunk in body:
+        for start in range(0, len(chunk), 8):
+            yield chunk[start : start + 8]
+            await asyncio.sleep(delay)
+
+
+async def _gzip(body: AsyncIterator[bytes], padding: int) -> AsyncIterator[bytes]:
+    """The body gzip-compressed; ``padding`` bytes of spaces after it make it a bomb (JSON
+    allows whitespace at the end)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    async for chunk in body:
+        yield packer.compress(chunk)
+    block = b" " * (1 << 20)
+    for _ in range(padding >> 20):
+        yield packer.compress(block)
+    yield packer.flush()
 
 
 class KanidmStandIn:
@@ -224,16 +251,31 @@ class KanidmStandIn:
             return Response(status, _ERROR_BODIES.get(status, b'"error"'))
         now = datetime.now(UTC)
         ready = [m for m in self.messages.values() if m.sent_at is None and m.send_after < now]
-        return Response(200, stream=self._stream(ready))
+        body = self._stream(ready)
+        faults = self.faults
+        if faults.list_drip:
+            body = _drip(body, faults.list_drip)
+        if faults.list_gzip:
+            body = _gzip(body, faults.list_gzip_padding)
+            return Response(200, stream=body, headers={"Content-Encoding": "gzip"})
+        return Response(200, stream=body)
 
-    @staticmethod
-    async def _stream(ready: list[StoredMessage]) -> AsyncIterator[bytes]:
-        yield b'{"schemas":[],"totalResults":%d,"resources":[' % len(ready)
+    async def _stream(self, ready: list[StoredMessage]) -> AsyncIterator[bytes]:
+        raw = list(self.faults.list_raw_entries)
+        yield self.faults.list_prefix + b'{"schemas":[],"totalResults":%d,"resources":[' % len(
+            ready
+        )
         for start in range(0, len(ready), 256):
             batch = ready[start : start + 256]
             prefix = b"," if start else b""
             yield prefix + b",".join(json.dumps(m.resource()).encode() for m in batch)
+            if raw:  # a hostile entry between the real ones
+                yield b"," + raw.pop(0)
             await asyncio.sleep(0)
+        comma = bool(ready)
+        for entry in raw:
+            yield (b"," if comma else b"") + entry
+            comma = True
         yield b"]}"
 
     async def _mark(self, message_id: UUID) -> Response:
