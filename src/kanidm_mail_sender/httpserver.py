@@ -96,6 +96,9 @@ class _Connection:
                 return None
             if not isinstance(event, h11.Request):
                 raise _Refused(400, f"unexpected {type(event).__name__}")
+            head = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+            if head > self.limits.max_head:  # h11 bounds only heads still incomplete
+                raise _Refused(431, "request head too large")
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
             declared = headers.get("content-length")
             if self.limits.max_body == 0 and (
