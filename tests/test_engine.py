@@ -286,6 +286,7 @@ async def test_list_401_is_fatal(harness_factory: Factory, kanidm: KanidmStandIn
     assert isinstance(harness.engine.fatal, KanidmAuthError)
 
 
+@pytest.mark.timeout(180)  # about 30 s alone; twice that under coverage on a busy machine
 async def test_ten_thousand_messages_in_one_poll(
     harness_factory: Factory, kanidm: KanidmStandIn, relay_factory: RelayFactory
 ) -> None:

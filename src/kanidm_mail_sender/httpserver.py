@@ -199,18 +199,27 @@ class HttpServer:
         self._tasks.add(task)
         self.connections_accepted += 1
         conn = _Connection(reader, writer, self.limits)
+        clean = False
         try:
             await self._serve(conn)
+            clean = True
         except (ConnectionError, ssl.SSLError, TimeoutError, OSError, asyncio.CancelledError):
             pass
         finally:
             self._tasks.discard(task)
-            writer.close()
-            try:
-                async with asyncio.timeout(1.0):
-                    await writer.wait_closed()
-            except (ConnectionError, ssl.SSLError, TimeoutError, OSError, asyncio.CancelledError):
+            if clean:
+                await self._close(writer)
+            else:  # a peer that stalls or breaks gets no graceful close to stall again
                 writer.transport.abort()
+
+    @staticmethod
+    async def _close(writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        try:
+            async with asyncio.timeout(1.0):
+                await writer.wait_closed()
+        except (ConnectionError, ssl.SSLError, TimeoutError, OSError, asyncio.CancelledError):
+            writer.transport.abort()
 
     async def _serve(self, conn: _Connection) -> None:
         timeout = self.limits.header_timeout
