@@ -49,6 +49,9 @@ class RelayFaults:
     data_replies: dict[str, list[str]] = field(default_factory=dict)
     drop_in_data: dict[str, int] = field(default_factory=dict)
     stall_in_data: float = 0.0
+    # While set: every MAIL FROM gets this reply; every RCPT waits this long first.
+    mail_refusal: str | None = None
+    stall_in_rcpt: float = 0.0
 
 
 class _Handler:
@@ -67,6 +70,8 @@ class _Handler:
             self._s.mail_commands += 1
             if self._s.faults.mail_replies:
                 return self._s.faults.mail_replies.pop(0)
+            if self._s.faults.mail_refusal is not None:
+                return self._s.faults.mail_refusal
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -79,6 +84,8 @@ class _Handler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        if self._s.faults.stall_in_rcpt:
+            await asyncio.sleep(self._s.faults.stall_in_rcpt)
         with self._s.lock:
             replies = self._s.faults.rcpt_replies.get(address)
             if replies:
@@ -203,9 +210,16 @@ class SmtpStandIn:
         self._controller = controller
 
     async def stop(self) -> None:
-        """Stop listening."""
+        """Stop listening and end open sessions (on Python 3.12+ ``wait_closed`` waits for
+        every client, so a client that keeps its connection would hold the stop forever)."""
         if self._controller is not None:
-            await self._controller.finalize()  # type: ignore[no-untyped-call]
+            server = self._controller.server
+            if server is not None:
+                server.close()
+                if hasattr(server, "close_clients"):  # Python 3.13+
+                    server.close_clients()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._controller.finalize(), 2)  # type: ignore[no-untyped-call]
             self._controller = None
 
 
@@ -276,6 +290,13 @@ class GreetingGate:
         self._pipes |= tasks
         for task in tasks:
             task.add_done_callback(self._pipes.discard)
+
+    async def cut(self) -> None:
+        """Close every connection passed through so far (a relay restarting)."""
+        for task in list(self._pipes):
+            task.cancel()
+        for writer in list(self._writers):
+            await self._close(writer)
 
     async def _close(self, writer: asyncio.StreamWriter) -> None:
         self._writers.discard(writer)
