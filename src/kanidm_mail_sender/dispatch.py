@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,13 +21,12 @@ from uuid import UUID
 import structlog
 
 from kanidm_mail_sender.delivery import NO_DESTINATION, Action, backoff_delay, plan_message
-from kanidm_mail_sender.errors import KanidmAuthError, KanidmError, KanidmNotFound, MailSenderError
+from kanidm_mail_sender.errors import KanidmAuthError, KanidmError, KanidmNotFound
 from kanidm_mail_sender.incident import Incident
-from kanidm_mail_sender.inflight import InFlight, Phase
+from kanidm_mail_sender.inflight import InFlight, Phase, StageContext
 from kanidm_mail_sender.journal import EXPIRED, REJECTED, Journal
 from kanidm_mail_sender.marking import MarkStage
 from kanidm_mail_sender.messages import MalformedMessage, QueuedMessage, parse_resource
-from kanidm_mail_sender.metrics import Metrics
 from kanidm_mail_sender.sending import Job
 
 __all__ = ["DispatchSettings", "Dispatcher", "MessageSource", "ReportedOnce", "drain"]
@@ -79,27 +78,23 @@ class Dispatcher:
     def __init__(
         self,
         *,
+        context: StageContext,
         source: MessageSource,
         journal: Journal,
-        inflight: InFlight,
         queue: asyncio.Queue[Job],
         marks: MarkStage,
-        metrics: Metrics,
         settings: DispatchSettings,
-        stopping: asyncio.Event,
-        on_fatal: Callable[[MailSenderError], None],
-        clock: Callable[[], float],
     ) -> None:
         self._source = source
         self._journal = journal
-        self._inflight = inflight
+        self._inflight = context.inflight
         self._queue = queue
         self._marks = marks
-        self._metrics = metrics
+        self._metrics = context.metrics
         self._s = settings
-        self._stopping = stopping
-        self._on_fatal = on_fatal
-        self._clock = clock
+        self._stopping = context.stopping
+        self._on_fatal = context.on_fatal
+        self._clock = context.clock
         self._retry_at = 0.0
         self._incident = Incident(settings.log_interval)
         self.reported = ReportedOnce(settings.reported_capacity)

@@ -20,7 +20,7 @@ import structlog
 
 from kanidm_mail_sender.dispatch import Dispatcher, DispatchSettings, drain
 from kanidm_mail_sender.errors import MailSenderError
-from kanidm_mail_sender.inflight import InFlight, Phase
+from kanidm_mail_sender.inflight import InFlight, Phase, StageContext
 from kanidm_mail_sender.journal import Journal
 from kanidm_mail_sender.mail import MailIdentity
 from kanidm_mail_sender.marking import MarkSettings, MarkStage
@@ -115,52 +115,41 @@ class Engine:
                 throttle_max=s.throttle_max,
             )
         )
+        context = StageContext(self.inflight, self.metrics, self.stopping, self._fail, clock)
         self.marks = MarkStage(
+            context=context,
             marker=source,
-            inflight=self.inflight,
-            metrics=self.metrics,
             settings=MarkSettings(
                 capacity=s.mark_capacity,
                 retry_initial=s.mark_retry_initial,
                 retry_max=s.mark_retry_max,
                 log_interval=s.log_interval,
             ),
-            stopping=self.stopping,
-            on_fatal=self._fail,
-            clock=clock,
         )
         self.sending = SendStage(
+            context=context,
             transport=transport,
             journal=journal,
             renderer=renderer,
             identity=identity,
-            inflight=self.inflight,
             queue=self._queue,
             marks=self.marks,
             health=self.health,
-            metrics=self.metrics,
             settings=SendSettings(
                 retry_initial=s.retry_initial, retry_max=s.retry_max, log_interval=s.log_interval
             ),
-            stopping=self.stopping,
-            on_fatal=self._fail,
-            clock=clock,
         )
         self.dispatcher = Dispatcher(
+            context=context,
             source=source,
             journal=journal,
-            inflight=self.inflight,
             queue=self._queue,
             marks=self.marks,
-            metrics=self.metrics,
             settings=DispatchSettings(
                 list_retry_initial=s.list_retry_initial,
                 list_retry_max=s.list_retry_max,
                 log_interval=s.log_interval,
             ),
-            stopping=self.stopping,
-            on_fatal=self._fail,
-            clock=clock,
         )
         self._workers: list[asyncio.Task[None]] = []
         self._last_probe = -1e18

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
+from dataclasses import dataclass
 from uuid import UUID
 
-__all__ = ["InFlight", "Phase"]
+from kanidm_mail_sender.errors import MailSenderError
+from kanidm_mail_sender.metrics import Metrics
+
+__all__ = ["InFlight", "Phase", "StageContext"]
 
 
 class Phase(enum.Enum):
@@ -54,3 +59,14 @@ class InFlight:
     async def wait_empty(self) -> None:
         """Return once nothing is claimed."""
         await self._empty.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class StageContext:
+    """What every stage shares: the claims, the metrics, the stop, the fatal path, the clock."""
+
+    inflight: InFlight
+    metrics: Metrics
+    stopping: asyncio.Event
+    on_fatal: Callable[[MailSenderError], None]
+    clock: Callable[[], float]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
@@ -18,10 +17,9 @@ from uuid import UUID
 import structlog
 
 from kanidm_mail_sender.delivery import backoff_delay
-from kanidm_mail_sender.errors import KanidmAuthError, KanidmError, KanidmNotFound, MailSenderError
+from kanidm_mail_sender.errors import KanidmAuthError, KanidmError, KanidmNotFound
 from kanidm_mail_sender.incident import Incident
-from kanidm_mail_sender.inflight import InFlight, Phase
-from kanidm_mail_sender.metrics import Metrics
+from kanidm_mail_sender.inflight import Phase, StageContext
 
 __all__ = ["MarkSettings", "MarkStage", "Marker"]
 
@@ -50,21 +48,17 @@ class MarkStage:
     def __init__(
         self,
         *,
+        context: StageContext,
         marker: Marker,
-        inflight: InFlight,
-        metrics: Metrics,
         settings: MarkSettings,
-        stopping: asyncio.Event,
-        on_fatal: Callable[[MailSenderError], None],
-        clock: Callable[[], float],
     ) -> None:
         self._marker = marker
-        self._inflight = inflight
-        self._metrics = metrics
+        self._inflight = context.inflight
+        self._metrics = context.metrics
         self._s = settings
-        self._stopping = stopping
-        self._on_fatal = on_fatal
-        self._clock = clock
+        self._stopping = context.stopping
+        self._on_fatal = context.on_fatal
+        self._clock = context.clock
         self._tasks: set[asyncio.Task[None]] = set()
         self._incident = Incident(settings.log_interval)
         self._overflow = Incident(settings.log_interval)

@@ -26,19 +26,17 @@ from kanidm_mail_sender.errors import (
     DeliveryDeferred,
     DeliveryRejected,
     LinkExpired,
-    MailSenderError,
     RelayThrottled,
     RelayUnavailable,
     StateError,
     TemplateError,
 )
 from kanidm_mail_sender.incident import Incident
-from kanidm_mail_sender.inflight import InFlight, Phase
+from kanidm_mail_sender.inflight import Phase, StageContext
 from kanidm_mail_sender.journal import ACCEPTED, DEFERRED, EXPIRED, REJECTED, Journal
 from kanidm_mail_sender.mail import Envelope, MailIdentity, build_message
 from kanidm_mail_sender.marking import MarkStage
 from kanidm_mail_sender.messages import CredentialResetV1, QueuedMessage
-from kanidm_mail_sender.metrics import Metrics
 from kanidm_mail_sender.relay_health import Change, RelayHealth
 from kanidm_mail_sender.render import Renderer
 
@@ -90,33 +88,29 @@ class SendStage:
     def __init__(
         self,
         *,
+        context: StageContext,
         transport: MailTransport,
         journal: Journal,
         renderer: Renderer,
         identity: MailIdentity,
-        inflight: InFlight,
         queue: asyncio.Queue[Job],
         marks: MarkStage,
         health: RelayHealth,
-        metrics: Metrics,
         settings: SendSettings,
-        stopping: asyncio.Event,
-        on_fatal: Callable[[MailSenderError], None],
-        clock: Callable[[], float],
     ) -> None:
         self._transport = transport
         self._journal = journal
         self._renderer = renderer
         self._identity = identity
-        self._inflight = inflight
+        self._inflight = context.inflight
         self._queue = queue
         self._marks = marks
         self._health = health
-        self._metrics = metrics
+        self._metrics = context.metrics
         self._s = settings
-        self._stopping = stopping
-        self._on_fatal = on_fatal
-        self._clock = clock
+        self._stopping = context.stopping
+        self._on_fatal = context.on_fatal
+        self._clock = context.clock
         self._changed = asyncio.Event()
         self._relay_log = Incident(settings.log_interval)
         self.abandoned: list[UUID] = []  # taken off the queue, then not sent: we stopped
