@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sqlite3
 import sys
 import time
@@ -278,3 +279,17 @@ async def test_check_reports_bad_token_and_bad_relay_password(
     assert "401" in out
     assert "FAIL relay:" in out
     assert "wrong-token" not in out
+
+
+async def test_a_metrics_port_that_cannot_be_bound_exits_3_in_one_line(
+    config_files: ConfigFiles, daemon_command: Command
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        client, mail = config_files(metrics_listen=f"127.0.0.1:{port}")
+        code, _, err = await run(daemon_command(client, mail))
+    assert code == 3
+    assert f"metrics_listen 127.0.0.1:{port}: cannot listen there" in err
+    assert "Traceback" not in err

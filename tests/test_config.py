@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,10 @@ def test_client_config(tmp_path: Path) -> None:
         ({"uri": "idm.example.com"}, "absolute https URL"),
         ({"uri": "http://idm.example.com"}, "absolute https URL"),
         ({"uri": "https://idm", "verify_ca": "yes"}, "key 'verify_ca'"),
+        ({"uri": "https://admin:hunter2@idm.example.com"}, "must not contain user:password"),
+        ({"uri": "https://idm.example.com:99999"}, "port that is not a number"),
+        ({"uri": "https://idm.example.com:0"}, "port that is not a number"),
+        ({"uri": "https://idm.example.com:http"}, "port that is not a number"),
     ],
 )
 def test_bad_client_configs(tmp_path: Path, data: dict[str, Any], fragment: str) -> None:
@@ -226,6 +231,28 @@ def test_bad_client_configs(tmp_path: Path, data: dict[str, Any], fragment: str)
     with pytest.raises(ConfigError, match=fragment) as caught:
         load_client_config(path)
     assert str(path) in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("which", ["config", "secret"])
+@pytest.mark.timeout(10)  # a FIFO opened for reading would block forever
+def test_a_fifo_is_refused_at_once(tmp_path: Path, which: str) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    if which == "config":
+        with pytest.raises(ConfigError, match="not a regular file"):
+            load_mail_config(fifo, environ={})
+    else:
+        data = with_(token=None, token_file=str(fifo))
+        with pytest.raises(ConfigError, match=r"token_file.*not a regular file"):
+            load_mail_config(write(tmp_path, data), environ={})
+
+
+def test_a_device_and_a_directory_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_client_config(Path("/dev/zero"))
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_client_config(tmp_path)
 
 
 def test_state_dir_resolution(tmp_path: Path) -> None:

@@ -52,3 +52,20 @@ def test_text_lines_quote_only_what_needs_it_and_redact_secrets() -> None:
     assert second.split()[1:3] == ["error", "engine.worker_error"]
     assert trace[0] == "Traceback (most recent call last):"
     assert trace[-1] == "RuntimeError: boom"
+
+
+def test_control_characters_from_kanidm_are_escaped_in_text_lines() -> None:
+    stream = io.StringIO()
+    configure_logging(debug=False, json=False, stream=stream)
+    structlog.get_logger("t").error(
+        "message.skipped",
+        display_name="Eve\x1b[2J\x1b[31mroot\rFAKE LINE\u202egnp.exe\x7f\x9b",
+        plain="ok",
+    )
+    line = stream.getvalue()
+    assert line.count("\n") == 1  # one event, one line
+    for raw in ("\x1b", "\r", "\u202e", "\x7f", "\x9b"):
+        assert raw not in line
+    for escaped in ("\\u001b", "\\r", "\\u202e", "\\u007f", "\\u009b"):
+        assert escaped in line
+    assert " plain=ok" in line

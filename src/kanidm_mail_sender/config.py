@@ -305,12 +305,13 @@ def read_regular_file(path: Path, what: str = "") -> bytes:
         raise ConfigError(
             f"{prefix}{path}: cannot be read ({exc.strerror}); check its permissions"
         ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(
+            f"{prefix}{path}: is not a regular file (a directory, FIFO or device?); "
+            "give the path of the file itself"
+        )
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(
-                f"{prefix}{path}: is not a regular file (a directory, FIFO or device?); "
-                "give the path of the file itself"
-            )
         try:
             data = file.read(_MAX_FILE + 1)
         except OSError as exc:

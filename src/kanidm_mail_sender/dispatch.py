@@ -71,6 +71,9 @@ class ReportedOnce:
     def __len__(self) -> int:
         return len(self._seen)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._seen
+
 
 class Dispatcher:
     """Runs one poll at a time; ``poll(feed_seconds=...)`` is called by the daemon loop."""
@@ -115,7 +118,7 @@ class Dispatcher:
             return
         loop = asyncio.get_running_loop()
         feed_until = None if feed_seconds is None else loop.time() + feed_seconds
-        count = skipped_lines = 0
+        count = logged = suppressed = 0
         self.overflowed = 0
         oldest: datetime | None = None
         try:
@@ -124,9 +127,12 @@ class Dispatcher:
                     if self._stopping.is_set():
                         return
                     count += 1
-                    message = self._parse(item, skipped_lines < self._s.skipped_lines_per_poll)
-                    if message is None:
-                        skipped_lines += 1
+                    message = self._parse(item)
+                    if isinstance(message, MalformedMessage):
+                        if self._report(message, logged < self._s.skipped_lines_per_poll):
+                            logged += 1
+                        elif message.key not in self.reported:
+                            suppressed += 1
                         continue
                     sent_after = message.send_after
                     if sent_after is not None and (oldest is None or sent_after < oldest):
@@ -146,7 +152,7 @@ class Dispatcher:
         except KanidmError as exc:
             self._failed(exc)
             return
-        self._succeeded(count, oldest, skipped_lines)
+        self._succeeded(count, oldest, suppressed)
 
     def _failed(self, exc: KanidmError) -> None:
         self._metrics.poll_ok = False
@@ -166,14 +172,14 @@ class Dispatcher:
                 retry_in_seconds=round(delay, 1),
             )
 
-    def _succeeded(self, count: int, oldest: datetime | None, skipped_lines: int) -> None:
+    def _succeeded(self, count: int, oldest: datetime | None, suppressed: int) -> None:
         failures = self._incident.ended()
         if failures:
             log.info("kanidm.list_recovered", failures=failures)
-        if skipped_lines > self._s.skipped_lines_per_poll:
+        if suppressed:
             log.warning(
                 "message.skipped_more",
-                count=skipped_lines - self._s.skipped_lines_per_poll,
+                count=suppressed,
                 note="more bad entries than are logged per poll",
             )
         now = self._clock()
@@ -183,20 +189,28 @@ class Dispatcher:
         self._metrics.oldest_age.set(max(0.0, now - oldest.timestamp()) if oldest else 0)
         log.debug("kanidm.polled", ready=count, not_queued=self.overflowed)
 
-    def _parse(self, item: Any, may_log: bool) -> QueuedMessage | None:
+    @staticmethod
+    def _parse(item: Any) -> QueuedMessage | MalformedMessage:
+        if isinstance(item, MalformedMessage):
+            return item
         try:
-            if isinstance(item, MalformedMessage):
-                raise item
             return parse_resource(item)
         except MalformedMessage as exc:
-            if self.reported.first_time(f"{exc.message_id}:{exc.reason}") and may_log:
-                log.error(
-                    "message.skipped",
-                    message_id=exc.message_id,
-                    reason=exc.reason,
-                    note="this entry is skipped; the rest of the queue goes on",
-                )
-            return None
+            return exc
+
+    def _report(self, bad: MalformedMessage, may_log: bool) -> bool:
+        """Log a bad entry the first time it is seen; True if this call logged it. Past the
+        per-poll budget it is not remembered, so a later poll still logs it."""
+        if not may_log or bad.key in self.reported:
+            return False
+        self.reported.first_time(bad.key)
+        log.error(
+            "message.skipped",
+            message_id=bad.message_id,
+            reason=bad.reason,
+            note="this entry is skipped; the rest of the queue goes on",
+        )
+        return True
 
     async def _route(self, message: QueuedMessage, feed_until: float | None) -> None:
         if message.id in self._inflight:

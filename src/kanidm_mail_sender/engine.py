@@ -19,7 +19,7 @@ from uuid import UUID
 import structlog
 
 from kanidm_mail_sender.dispatch import Dispatcher, DispatchSettings, drain
-from kanidm_mail_sender.errors import MailSenderError
+from kanidm_mail_sender.errors import MailSenderError, StateError
 from kanidm_mail_sender.inflight import InFlight, Phase, StageContext
 from kanidm_mail_sender.journal import Journal
 from kanidm_mail_sender.mail import MailIdentity
@@ -178,6 +178,8 @@ class Engine:
         if self.fatal is None:
             self.fatal = error
             log.error("daemon.fatal", error=str(error))
+        if isinstance(error, StateError):
+            self.metrics.journal_failing = True
         self.fatal_event.set()
         self._begin_stop()
 

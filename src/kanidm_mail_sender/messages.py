@@ -32,6 +32,11 @@ class MalformedMessage(ValueError):
         self.message_id = message_id
         self.reason = reason
 
+    @property
+    def key(self) -> str:
+        """What identifies this report, for logging it once."""
+        return f"{self.message_id}:{self.reason}"
+
 
 class UnknownTemplate(MalformedMessage):
     """A queue entry uses a template variant this version does not know."""
