@@ -175,6 +175,9 @@ async def campaign(count: int, stall: float) -> int:
     await asyncio.sleep(stall)
     relay.faults.stall_in_rcpt = 0
     step("relay answers again")
+    mark = sent()
+    await until(lambda: sent() > mark + 300, 180)  # recovered: the next fault hits a live relay
+    step("flowing again")
 
     before = gate.connections
     gate.refusing = True
@@ -183,6 +186,9 @@ async def campaign(count: int, stall: float) -> int:
     await asyncio.sleep(15)
     gate.refusing = False
     books.storm_connections["421 storm, 15 s: connection attempts"] = gate.connections - before
+    mark = sent()
+    await until(lambda: sent() > mark + 300, 180)
+    step("flowing again")
 
     before = relay.mail_commands
     relay.faults.mail_refusal = "553 5.7.1 Sender address rejected: not owned by user"
@@ -190,6 +196,9 @@ async def campaign(count: int, stall: float) -> int:
     await asyncio.sleep(15)
     relay.faults.mail_refusal = None
     books.storm_connections["553 storm, 15 s: MAIL FROM attempts"] = relay.mail_commands - before
+    mark = sent()
+    await until(lambda: sent() > mark + 100, 180)
+    step("flowing again")
 
     took, code = await daemon.signal(signal.SIGTERM)
     books.stops.append(("SIGTERM while busy", took, code))

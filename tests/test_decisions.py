@@ -212,3 +212,19 @@ def test_reported_once_is_bounded() -> None:
     assert seen.first_time("d")  # "b" is forgotten now (least recently seen)
     assert len(seen) == 3
     assert seen.first_time("b")
+
+
+def test_a_send_admitted_before_the_incident_does_not_end_it() -> None:
+    """A mail already past MAIL FROM when the refusals began is accepted after the first
+    refusal: that says nothing about the relay now, so the pause holds (one log line)."""
+    h = health()
+    h.start(0)
+    h.succeeded(0)
+    h.start(1)  # admitted before the incident
+    h.start(2)
+    assert h.relay_down(3, "553") is Change.PAUSED
+    assert h.succeeded(1) is None
+    assert h.paused
+    assert not h.start(4)
+    assert h.start(20)  # the probe, after the pause
+    assert h.succeeded(20) is Change.RECOVERED

@@ -92,9 +92,20 @@ class RelayHealth:
         if self._probing:
             self._probing, self._needs_probe = False, True
 
-    def succeeded(self) -> Change | None:
-        """A send was accepted (or the relay answered a check)."""
+    def succeeded(self, started: float | None = None) -> Change | None:
+        """A send was accepted (or the relay answered); ``started``: when it was admitted.
+
+        A send admitted before the current incident began says nothing about the relay now
+        (it was past MAIL FROM when the refusals started): it neither ends the incident nor
+        lets the waiting sends go.
+        """
         self.active -= 1
+        if (
+            started is not None
+            and self.incident_started is not None
+            and started < self.incident_started
+        ):
+            return None
         self._probing = self._needs_probe = False
         self._transport_failures = 0
         if self.limit < self._s.max_concurrency:

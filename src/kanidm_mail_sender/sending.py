@@ -177,11 +177,11 @@ class SendStage:
                 envelope = self._envelope(message, destination)
                 reply = await self._transport.send(envelope, not_after=not_after, clock=self._clock)
             except BaseException as exc:
-                verdict = await self._failed(exc, message.id, destination, attempts, ids)
+                verdict = await self._failed(exc, message.id, destination, attempts, ids, started)
                 if verdict == "retry":
                     continue
                 return None if verdict == "stop" else False
-            self._report(self._health.succeeded())
+            self._report(self._health.succeeded(started))
             await self._journal.record(
                 message.id,
                 destination,
@@ -221,6 +221,7 @@ class SendStage:
         destination: str,
         attempts: int,
         ids: dict[str, str],
+        started: float,
     ) -> str:
         """Journal and report one failed attempt; returns "retry", "stop" or "failed"."""
         now = time.monotonic()
@@ -244,7 +245,7 @@ class SendStage:
             return "stop"
         if isinstance(exc, DeliveryRejected | ValueError):
             if isinstance(exc, DeliveryRejected):
-                health.succeeded()
+                health.succeeded(started)
             else:
                 health.cancelled()
             error = str(exc) if isinstance(exc, DeliveryRejected) else f"invalid address: {exc}"
@@ -271,7 +272,7 @@ class SendStage:
             elif exc.transport:
                 self._report(health.transport_failed(now, str(exc)), str(exc))
             else:
-                self._report(health.succeeded())
+                self._report(health.succeeded(started))
             delay = await self._defer(message_id, destination, attempts, str(exc))
             if isinstance(exc, DeliveryDeferred):
                 log.warning(
