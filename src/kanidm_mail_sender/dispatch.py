@@ -1,10 +1,10 @@
 """The dispatching stage: one poll of Kanidm's ready list, each entry routed to its stage.
 
 Entries due for sending go into the bounded send queue; accepted ones go straight to marking;
-expired resets and entries without a destination are journalled. When the send queue is
-full, the poll waits for room only until the next fire time; after that it goes through the
-rest of the list without queueing sends (marks and expiries still go out), so a stalled relay
-never delays the next poll.
+expired resets and entries without a destination are journalled. A flowing relay takes the
+whole list through the queue in one poll. A stuck one (no room in the queue for a whole fire
+interval) does not hold the poll: the rest of the list is gone through without queueing sends
+(marks and expiries still go out), and the next poll comes at its time.
 """
 
 from __future__ import annotations
@@ -110,14 +110,14 @@ class Dispatcher:
     async def poll(self, *, feed_seconds: float | None = None) -> None:
         """List ready messages and route each; returns when the list is consumed.
 
-        ``feed_seconds``: how long to wait for room in a full send queue, at most (None:
-        as long as it takes); the daemon passes the time to the next fire time.
+        ``feed_seconds``: how long one entry may wait for room in a full send queue (None:
+        as long as it takes); the daemon passes the time to the next fire time. A queue that
+        makes no room for that long means the senders are stuck, not slow: the rest of the
+        list is then gone through for marks and expiries only.
         """
         now = self._clock()
         if self._stopping.is_set() or now < self._retry_at:
             return
-        loop = asyncio.get_running_loop()
-        feed_until = None if feed_seconds is None else loop.time() + feed_seconds
         count = logged = suppressed = 0
         self.overflowed = 0
         oldest: datetime | None = None
@@ -137,7 +137,7 @@ class Dispatcher:
                     sent_after = message.send_after
                     if sent_after is not None and (oldest is None or sent_after < oldest):
                         oldest = sent_after
-                    await self._route(message, feed_until)
+                    await self._route(message, feed_seconds)
         except KanidmAuthError as exc:
             self._on_fatal(exc)
             return
@@ -212,13 +212,13 @@ class Dispatcher:
         )
         return True
 
-    async def _route(self, message: QueuedMessage, feed_until: float | None) -> None:
+    async def _route(self, message: QueuedMessage, feed_seconds: float | None) -> None:
         if message.id in self._inflight:
             return
         now = self._clock()
         plan = plan_message(message, self._journal.states(message.id), now)
         if plan.action is Action.SEND:
-            await self._enqueue(Job(message, plan), feed_until)
+            await self._enqueue(Job(message, plan), feed_seconds)
         elif plan.action is Action.MARK:
             self._marks.submit(message.id)
         elif plan.action is Action.EXPIRE:
@@ -243,7 +243,7 @@ class Dispatcher:
                 message.id, NO_DESTINATION, REJECTED, now=now, reply="no destination"
             )
 
-    async def _enqueue(self, job: Job, feed_until: float | None) -> None:
+    async def _enqueue(self, job: Job, feed_seconds: float | None) -> None:
         message_id: UUID = job.message.id
         if self.overflowed:
             self.overflowed += 1  # past the feed deadline: left for the next poll
@@ -255,7 +255,8 @@ class Dispatcher:
         except asyncio.QueueFull:
             pass
         try:
-            async with asyncio.timeout_at(feed_until):
+            # No room for a whole interval: the senders are stuck, not slow.
+            async with asyncio.timeout(feed_seconds):
                 await self._queue.put(job)
         except TimeoutError:
             self._inflight.release(message_id)

@@ -140,6 +140,11 @@ class MarkPipeline:
         template = self._serialise(_TEMPLATE_ID)
         marker = str(_TEMPLATE_ID).encode()
         self._before_id, _, self._after_id = template.partition(marker)
+        self._sent_events = (
+            self._request(_TEMPLATE_ID),
+            h11.Data(data=b"null"),
+            h11.EndOfMessage(),
+        )
         self._queue: deque[_Pending] = deque()
         self._in_flight: list[_Pending] = []
         self._wake = asyncio.Event()
@@ -241,9 +246,10 @@ class MarkPipeline:
                 stream.transport.write(b"".join(self._request_bytes(p.message_id) for p in batch))
                 reader = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
                 for pending in batch:
-                    reader.send(self._request(pending.message_id))
-                    reader.send(h11.Data(data=b"null"))
-                    reader.send(h11.EndOfMessage())
+                    # The reading state machine needs to know a POST with a body went out,
+                    # not which one: the same three events serve every request.
+                    for event in self._sent_events:
+                        reader.send(event)
                     answers.append(await self._answer(reader, stream))
                     if h11.MUST_CLOSE in (reader.our_state, reader.their_state):
                         closing = True
