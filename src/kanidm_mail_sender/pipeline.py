@@ -245,7 +245,7 @@ class MarkPipeline:
                 assert stream.transport is not None
                 stream.transport.write(b"".join(self._request_bytes(p.message_id) for p in batch))
                 reader = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
-                for pending in batch:
+                for _ in batch:
                     # The reading state machine needs to know a POST with a body went out,
                     # not which one: the same three events serve every request.
                     for event in self._sent_events:
