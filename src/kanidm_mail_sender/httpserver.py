@@ -121,8 +121,9 @@ class _Connection:
                 event.method.decode("latin-1"), event.target.decode("latin-1"), headers, bytes(body)
             )
 
-    async def send(self, event: h11.Event) -> None:
-        data = self.h11.send(event)
+    async def send(self, *events: h11.Event) -> None:
+        """Frame ``events`` and write them at once (one TLS record, not one per event)."""
+        data = b"".join(self.h11.send(event) or b"" for event in events)
         if data:
             self.writer.write(data)
             async with asyncio.timeout(self.limits.write_timeout):
@@ -132,14 +133,14 @@ class _Connection:
         headers = [("Content-Type", response.content_type), *response.headers.items()]
         if response.stream is None:
             headers.append(("Content-Length", str(len(response.body))))
+            head = h11.Response(status_code=response.status, headers=headers)
+            body = [h11.Data(data=response.body)] if response.body else []
+            await self.send(head, *body, h11.EndOfMessage())
+            return
         await self.send(h11.Response(status_code=response.status, headers=headers))
-        if response.stream is None:
-            if response.body:
-                await self.send(h11.Data(data=response.body))
-        else:
-            async for chunk in response.stream:
-                if chunk:
-                    await self.send(h11.Data(data=chunk))
+        async for chunk in response.stream:
+            if chunk:
+                await self.send(h11.Data(data=chunk))
         await self.send(h11.EndOfMessage())
 
     async def refuse(self, status: int) -> None:
@@ -156,10 +157,10 @@ class _Connection:
                         ("Content-Length", str(len(body))),
                         ("Connection", "close"),
                     ],
-                )
+                ),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
             )
-            await self.send(h11.Data(data=body))
-            await self.send(h11.EndOfMessage())
 
 
 class HttpServer:
