@@ -86,11 +86,12 @@ class RelayHealth:
             self._needs_probe, self._probing = False, True
         return True
 
-    def cancelled(self) -> None:
+    def cancelled(self) -> Change | None:
         """A started send ended without a verdict (stop, cancellation, a local error)."""
         self.active -= 1
         if self._probing:
             self._probing, self._needs_probe = False, True
+        return None
 
     def succeeded(self, started: float | None = None) -> Change | None:
         """A send was accepted (or the relay answered); ``started``: when it was admitted.

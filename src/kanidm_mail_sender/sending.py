@@ -233,7 +233,7 @@ class SendStage:
             self._report(health.relay_down(now, str(exc)), str(exc))
             return "retry"
         if isinstance(exc, LinkExpired):
-            health.cancelled()
+            self._report(health.cancelled())
             await self._journal.record(message_id, destination, EXPIRED, now=self._clock())
             log.error(
                 "message.expired",
@@ -245,9 +245,9 @@ class SendStage:
             return "stop"
         if isinstance(exc, DeliveryRejected | ValueError):
             if isinstance(exc, DeliveryRejected):
-                health.succeeded(started)
+                self._report(health.succeeded(started))
             else:
-                health.cancelled()
+                self._report(health.cancelled())
             error = str(exc) if isinstance(exc, DeliveryRejected) else f"invalid address: {exc}"
             log.error(
                 "mail.rejected",
@@ -267,7 +267,7 @@ class SendStage:
             return "failed"
         if isinstance(exc, DeliveryDeferred | TemplateError):
             if isinstance(exc, TemplateError):
-                health.cancelled()
+                self._report(health.cancelled())
                 log.error("message.render_failed", **ids, error=str(exc))
             elif exc.transport:
                 self._report(health.transport_failed(now, str(exc)), str(exc))
@@ -283,8 +283,7 @@ class SendStage:
                     retry_in_seconds=round(delay, 1),
                 )
             return "failed"
-        health.cancelled()
-        self.wake()
+        self._report(health.cancelled())
         raise exc
 
     async def _defer(self, message_id: UUID, destination: str, attempts: int, error: str) -> float:
@@ -325,6 +324,7 @@ class SendStage:
         return False
 
     def _report(self, change: Change | None, error: str = "") -> None:
+        """Every end of a send comes here: a freed slot must wake the waiting workers."""
         self.wake()
         health = self._health
         self._metrics.relay_paused = health.paused
