@@ -18,6 +18,7 @@ from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 
 from .conftest import Harness
+from .test_cli import wait_for
 
 RelayFactory = Callable[..., Awaitable[SmtpStandIn]]
 
@@ -149,7 +150,7 @@ async def test_relay_wide_failure_pauses_without_spending_attempts(
     harness = harness_factory(mail_password="not-the-password", settings=settings)
     with capture_logs() as logs:
         await harness.engine.poll()
-        await wait_until(lambda: harness.engine.health.paused)
+        await wait_for(lambda: harness.engine.health.paused)
         await asyncio.sleep(0.3)
     assert relay.mails == []
     assert harness.smtp.connection_attempts == 1
@@ -160,13 +161,6 @@ async def test_relay_wide_failure_pauses_without_spending_attempts(
     assert all(harness.journal.states(i) == {} for i in ids)  # no attempt spent
     assert harness.engine.metrics.relay_paused
     assert not harness.engine.metrics.ready()[0]
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_dropped_connection_is_retried_once(

@@ -144,7 +144,6 @@ async def test_delivery_goes_on_while_the_metrics_port_is_flooded(
     for i in range(200):
         kanidm.queue_test_message(f"u{i}@example.com")
     harness = harness_factory()
-    started = time.monotonic()
     try:
         await asyncio.gather(attack(), asyncio.wait_for(harness.cycle(), 60))
         assert len(kanidm.sent()) == 200
@@ -159,4 +158,3 @@ async def test_delivery_goes_on_while_the_metrics_port_is_flooded(
         for writer in held:
             writer.close()
         await server.close()
-    print(f"delivered 200 under attack in {time.monotonic() - started:.1f} s")

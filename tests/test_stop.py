@@ -149,9 +149,7 @@ async def test_mark_401_with_sends_in_flight_exits_1_within_the_bound(
     client, mail = config_files(shutdown_grace_seconds=3, mail_max_connections=4)
     proc = await start(daemon_command(client, mail))
     await wait_for(lambda: sum(kanidm.mark_calls.values()) >= 1)
-    started = time.monotonic()
     code, err, _ = await exit_within(proc, 3 + MARGIN + SLACK)
     assert code == 1, err
     assert "token is not accepted" in err
-    assert time.monotonic() - started <= 3 + MARGIN + SLACK
     assert kanidm.sent() == []

@@ -116,7 +116,6 @@ async def run_daemon(
                 else None
             )
     finally:
-        engine.metrics.stopping = True
         if watchdog is not None:
             watchdog.cancel()
         notifier.stopping()
