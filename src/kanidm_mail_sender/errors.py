@@ -102,13 +102,22 @@ class RelayError(MailSenderError):
     """Relaying a mail through the SMTP server failed.
 
     ``code`` is the SMTP reply code, if any; ``transport`` is true when the connection was
-    lost or timed out rather than answered.
+    lost or timed out rather than answered; ``disconnected_at`` names the SMTP step during
+    which the relay closed the connection, if it did.
     """
 
-    def __init__(self, message: str, *, code: int | None = None, transport: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        transport: bool = False,
+        disconnected_at: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.transport = transport
+        self.disconnected_at = disconnected_at
 
 
 class DeliveryDeferred(RelayError):

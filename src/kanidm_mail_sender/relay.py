@@ -108,7 +108,9 @@ def classify_smtp_error(
         return RelayUnavailable(f"unexpected error connecting to the relay: {exc!r}")
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
         return DeliveryDeferred(
-            f"the relay closed the connection during {stage.value}: {exc}", transport=True
+            f"the relay closed the connection during {stage.value}: {exc}",
+            transport=True,
+            disconnected_at=stage.value,
         )
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
         return DeliveryDeferred(
@@ -278,7 +280,7 @@ class SmtpRelay:
                     conn.close()
                     # A kept-alive connection the relay dropped while idle fails at MAIL;
                     # that is not the destination's fault: once more on a fresh one.
-                    if reused and exc.transport and "during mail" in str(exc):
+                    if reused and exc.disconnected_at == Stage.MAIL.value:
                         continue
                     raise
                 except (LinkExpired, DeliveryRejected):
