@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
-from kanidm_mail_sender.app import Configs, make_kanidm
+from kanidm_mail_sender.app import Configs, make_auth, make_kanidm
 from kanidm_mail_sender.config import load_client_config, load_mail_config
 from kanidm_mail_sender.engine import Engine, EngineSettings
 from kanidm_mail_sender.journal import Journal
@@ -145,10 +145,11 @@ async def harness_factory(
         config = load_mail_config(mail_path, environ={}).config
         journal = Journal(config.state_dir or tmp_path / "state")
         client = make_kanidm(Configs(config, client_config))
+        tls_context = build_tls_context(config.mail_ca_path)
         smtp = SmtpRelay(
             config.relay,
-            tls_context=build_tls_context(config.mail_ca_path),
-            credentials=config.credentials(),
+            tls_context=tls_context,
+            auth=make_auth(config, tls_context),
             helo_name="sender.test",
             connect_timeout=5,
             command_timeout=config.mail_timeout_seconds,
@@ -180,6 +181,7 @@ async def harness_factory(
                 relay_pause_max=0.2,
                 throttle_initial=0.05,
                 throttle_max=0.2,
+                rate_limits=config.rate_limits(),
             ),
             clock=clock or time.time,
         )

@@ -25,6 +25,7 @@ from kanidm_mail_sender.relay import SmtpRelay, build_tls_context
 from kanidm_mail_sender.render import Renderer
 from kanidm_mail_sender.sandbox.certs import Certs
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
+from kanidm_mail_sender.smtp_auth import PasswordAuth
 
 from .conftest import SMTP_AUTH
 
@@ -66,7 +67,7 @@ def client(
     smtp = SmtpRelay(
         parse_relay_url(stand_in.url),
         tls_context=context or build_tls_context(certs.ca_path),
-        credentials=auth,
+        auth=PasswordAuth(*auth) if auth else None,
         helo_name="sender.test",
         connect_timeout=5,
         command_timeout=command_timeout,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from kanidm_mail_sender.limits import raise_open_files_limit
 from kanidm_mail_sender.mail import MailIdentity, build_message
 from kanidm_mail_sender.messages import TestMessageV1
 from kanidm_mail_sender.metrics import Metrics, start_metrics_server
+from kanidm_mail_sender.oauth import TokenSource
 from kanidm_mail_sender.pipeline import build_mark_pipeline, proxied
 from kanidm_mail_sender.preflight import Identity, check_config_file
 from kanidm_mail_sender.relay import SmtpRelay, build_tls_context
@@ -44,11 +46,13 @@ from kanidm_mail_sender.render import SAMPLE_MESSAGE_ID, Renderer, sample_templa
 from kanidm_mail_sender.schedule import Schedule, parse_schedule
 from kanidm_mail_sender.sdnotify import Notifier
 from kanidm_mail_sender.signals import HardExit, handle_signals
+from kanidm_mail_sender.smtp_auth import PasswordAuth, SmtpAuth, XOAuth2Auth
 
 __all__ = [
     "TEST_DISPLAY_NAME",
     "Configs",
     "load_configs",
+    "make_auth",
     "make_kanidm",
     "make_relay",
     "make_renderer",
@@ -93,12 +97,24 @@ def make_renderer(config: MailSenderConfig) -> Renderer:
     return renderer
 
 
+def make_auth(config: MailSenderConfig, tls_context: ssl.SSLContext) -> SmtpAuth | None:
+    """How relay connections authenticate: XOAUTH2, a password, or not at all."""
+    oauth2 = config.oauth2()
+    if oauth2 is not None:
+        # The token endpoint is trusted as the relay is: system store plus mail_ca_path.
+        tokens = TokenSource(oauth2, tls_context=tls_context, timeout=config.http_timeout_seconds)
+        return XOAuth2Auth(oauth2.username, tokens)
+    credentials = config.credentials()
+    return PasswordAuth(*credentials) if credentials is not None else None
+
+
 def make_relay(config: MailSenderConfig) -> SmtpRelay:
     """The SMTP relay pool described by the config."""
+    tls_context = build_tls_context(config.mail_ca_path)
     return SmtpRelay(
         config.relay,
-        tls_context=build_tls_context(config.mail_ca_path),
-        credentials=config.credentials(),
+        tls_context=tls_context,
+        auth=make_auth(config, tls_context),
         helo_name=config.helo_name(),
         connect_timeout=config.mail_connect_timeout_seconds,
         command_timeout=config.mail_timeout_seconds,
@@ -249,15 +265,39 @@ async def run_check(
             )
     finally:
         await kanidm.aclose()
+    await _check_relay(config, line)
+    return ok
+
+
+async def _check_relay(config: MailSenderConfig, line: Callable[[str, str, str], None]) -> None:
+    """Token (for XOAUTH2), TLS and AUTH with the relay, then the sending limits."""
+    limits = config.rate_limits()
+    if limits:
+        line("ok", "rate limit", ", ".join(str(rate) for rate in limits) + " across connections")
     relay = make_relay(config)
     try:
+        if isinstance(relay.auth, XOAuth2Auth):
+            settings = relay.auth.tokens.settings
+            try:
+                token = await relay.auth.tokens.current()
+            except MailSenderError as exc:
+                line("FAIL", "oauth2", f"{settings.grant.value}: {exc}")
+                return
+            line(
+                "ok",
+                "oauth2",
+                f"{settings.grant.value} token from {settings.token_url} for "
+                f"{settings.username}: lives {round(token.lifetime)} s, scopes granted: "
+                f"{token.scope or '(not stated)'}",
+            )
         await relay.check()
     except MailSenderError as exc:
         line("FAIL", "relay", f"{config.relay.describe()}: {exc}")
     else:
-        auth = "authenticated" if config.credentials() else "no authentication configured"
+        auth = relay.auth.describe() if relay.auth else "no authentication configured"
         line("ok", "relay", f"{config.relay.describe()}: TLS verified, {auth}")
-    return ok
+    finally:
+        await relay.close()
 
 
 async def run_main(
@@ -276,6 +316,7 @@ async def run_main(
         retry_initial=config.retry_initial_seconds,
         retry_max=config.retry_max_seconds,
         relay_probe_interval=120.0 if config.metrics_listen else None,
+        rate_limits=config.rate_limits(),
     )
     relay = make_relay(config)
     engine = Engine(

@@ -7,7 +7,9 @@ the key, what is wrong and what to do.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -20,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     StrictBool,
     ValidationError,
@@ -29,6 +32,9 @@ from pydantic import (
 
 from kanidm_mail_sender.addresses import check_address
 from kanidm_mail_sender.errors import ConfigError
+from kanidm_mail_sender.oauth_config import KEYS as OAUTH2_KEYS
+from kanidm_mail_sender.oauth_config import OAuth2Settings, oauth2_settings
+from kanidm_mail_sender.ratelimit import Rate, parse_rates
 from kanidm_mail_sender.schedule import DEFAULT_SCHEDULE, parse_schedule
 
 __all__ = [
@@ -61,14 +67,54 @@ class RelayEndpoint:
     helo_name: str | None = None
     url_username: str | None = None
     url_password: str | None = field(default=None, repr=False)
+    legacy: bool = False  # written as Kanidm 1.10 did: a bare host, implicit TLS
 
     def describe(self) -> str:
         """The relay as an operator would write it, without credentials."""
-        return f"{'smtps' if self.implicit_tls else 'smtp'}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'smtps' if self.implicit_tls else 'smtp'}://{host}:{self.port}"
+
+
+_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _is_host(host: str) -> bool:
+    """A DNS name, an IPv4 address or (bracketed in the value) an IPv6 address."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.removesuffix(".").split(".")
+        return 0 < len(host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
+    return True
+
+
+def _legacy_relay(value: str) -> RelayEndpoint:
+    """Kanidm 1.10's ``mail_relay``: a bare ``host`` or ``host:port``, implicit TLS (465)."""
+    parts = urlsplit(f"smtps://{value}")
+    if parts.path or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(
+            "must be a URL such as smtps://smtp.example.com:465 or smtp://smtp.example.com:587"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("the port is not a number between 1 and 65535") from None
+    host = parts.hostname or ""
+    if port == 0 or not _is_host(host):
+        raise ValueError(
+            "is neither a URL (smtps://host:465, smtp://host:587) nor a host name as "
+            "Kanidm 1.10 allowed"
+        )
+    return RelayEndpoint(host=host, port=port or 465, implicit_tls=True, legacy=True)
 
 
 def parse_relay_url(url: str) -> RelayEndpoint:
-    """``smtp://`` = STARTTLS required (port 587); ``smtps://`` = implicit TLS (port 465)."""
+    """``smtp://`` = STARTTLS required (port 587); ``smtps://`` = implicit TLS (port 465).
+
+    A bare ``host`` or ``host:port`` is read as Kanidm 1.10 did: implicit TLS, port 465.
+    """
+    if "://" not in url:
+        return _legacy_relay(url.strip())
     parts = urlsplit(url.strip())
     if parts.scheme not in ("smtp", "smtps"):
         raise ValueError(
@@ -127,6 +173,19 @@ class MailSenderConfig(BaseModel):
     template_dir: Path | None = None
     log_format: Literal["text", "json"] = "text"
     metrics_listen: str | None = None
+    mail_rate_limit: str | list[str] | None = None
+    # OAuth 2.0 (SASL XOAUTH2) instead of a password; see oauth_config.py for the grants.
+    mail_oauth2_provider: str | None = None
+    mail_oauth2_tenant: str | None = None
+    mail_oauth2_token_url: str | None = None
+    mail_oauth2_scope: str | None = None
+    mail_oauth2_client_id: str | None = None
+    mail_oauth2_client_secret: SecretStr | None = None
+    mail_oauth2_refresh_token: SecretStr | None = None
+    mail_oauth2_service_account: SecretStr | None = None  # the JSON key file's text
+
+    _oauth2: OAuth2Settings | None = PrivateAttr(default=None)
+    _rates: tuple[Rate, ...] = PrivateAttr(default=())
 
     @field_validator("schedule")
     @classmethod
@@ -185,11 +244,40 @@ class MailSenderConfig(BaseModel):
             split_listen(value)
         return value
 
+    @field_validator("mail_rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value is not None:
+            parse_rates(value)
+        return value
+
     @model_validator(mode="after")
     def _retry_order(self) -> MailSenderConfig:
         if self.retry_max_seconds < self.retry_initial_seconds:
             raise ValueError("retry_max_seconds must not be below retry_initial_seconds")
         return self
+
+    @model_validator(mode="after")
+    def _derived(self) -> MailSenderConfig:
+        """Parse the rate limits and the OAuth grant once, where the values enter."""
+        if self.mail_rate_limit is not None:
+            self._rates = parse_rates(self.mail_rate_limit)
+        keys = {key: _plain(getattr(self, key)) for key in (*OAUTH2_KEYS, "mail_password")}
+        keys["mail_username"] = self.mail_username
+        self._oauth2 = oauth2_settings(keys)
+        if self._oauth2 is not None and self.relay.url_username:
+            raise ValueError(
+                "mail_relay has user:password@ beside mail_oauth2_* keys; remove them from the URL"
+            )
+        return self
+
+    def oauth2(self) -> OAuth2Settings | None:
+        """The OAuth 2.0 settings, when XOAUTH2 is configured."""
+        return self._oauth2
+
+    def rate_limits(self) -> tuple[Rate, ...]:
+        """The parsed ``mail_rate_limit`` (empty: no limit)."""
+        return self._rates
 
     @property
     def relay(self) -> RelayEndpoint:
@@ -208,6 +296,10 @@ class MailSenderConfig(BaseModel):
     def helo_name(self) -> str | None:
         """The EHLO name: ``mail_helo_name``, else the relay URL's path, else None (host name)."""
         return self.mail_helo_name or self.relay.helo_name
+
+
+def _plain(value: object) -> object:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
 def split_listen(value: str) -> tuple[str, int]:
@@ -331,7 +423,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: is not valid TOML: {exc}") from None
 
 
-_SECRETS = (("token", "token_file"), ("mail_password", "mail_password_file"))
+_SECRETS = tuple(
+    (key, f"{key}_file")
+    for key in (
+        "token",
+        "mail_password",
+        "mail_oauth2_client_secret",
+        "mail_oauth2_refresh_token",
+        "mail_oauth2_service_account",
+    )
+)
 
 
 def _resolve_secrets(
@@ -380,7 +481,14 @@ def load_mail_config(
         f"{path}: unknown key '{key}' is ignored; check its spelling"
         for key in (config.model_extra or {})
     ]
-    if config.mail_username and config.mail_password is None:
+    relay = config.relay
+    if relay.legacy:
+        warnings.append(
+            f"{path}: key 'mail_relay': {config.mail_relay!r} is the Kanidm 1.10 form, read as "
+            f'implicit TLS to port {relay.port}; write mail_relay = "{relay.describe()}" '
+            "(Kanidm 1.11 refuses the bare form)"
+        )
+    if config.mail_username and config.mail_password is None and config.oauth2() is None:
         warnings.append(
             f"{path}: 'mail_username' is set without 'mail_password'; "
             "no SMTP authentication will be attempted"

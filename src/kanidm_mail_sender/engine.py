@@ -25,6 +25,7 @@ from kanidm_mail_sender.journal import Journal
 from kanidm_mail_sender.mail import MailIdentity
 from kanidm_mail_sender.marking import MarkSettings, MarkStage
 from kanidm_mail_sender.metrics import Metrics
+from kanidm_mail_sender.ratelimit import Rate, SendLimiter
 from kanidm_mail_sender.relay_health import HealthSettings, RelayHealth
 from kanidm_mail_sender.render import Renderer
 from kanidm_mail_sender.sending import Job, MailTransport, SendSettings, SendStage
@@ -61,6 +62,7 @@ class EngineSettings:
     list_retry_max: float = 300.0
     relay_pause_initial: float = 5.0
     relay_pause_max: float = 300.0
+    rate_limits: tuple[Rate, ...] = ()
     throttle_initial: float = 2.0
     throttle_max: float = 120.0
     log_interval: float = 300.0  # repeated identical failures are logged at most this often
@@ -135,6 +137,7 @@ class Engine:
             queue=self._queue,
             marks=self.marks,
             health=self.health,
+            limiter=_limiter(s.rate_limits, journal, clock()),
             settings=SendSettings(
                 retry_initial=s.retry_initial, retry_max=s.retry_max, log_interval=s.log_interval
             ),
@@ -247,3 +250,12 @@ class Engine:
                 "never sent, still in Kanidm's queue",
             )
         return cut
+
+
+def _limiter(rates: tuple[Rate, ...], journal: Journal, now: float) -> SendLimiter | None:
+    """The sending limits, with the sends the journal holds within the longest window: a
+    restart (or a crash loop) starts from the day's count, not from zero."""
+    if not rates:
+        return None
+    longest = max(rate.window for rate in rates)
+    return SendLimiter(rates, journal.recent_sends(now - longest))

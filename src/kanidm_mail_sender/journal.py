@@ -245,6 +245,18 @@ class Journal:
         )
         return cursor.rowcount
 
+    def recent_sends(self, since: float) -> list[float]:
+        """When each destination's last attempt that reached the relay ended, since ``since``.
+
+        For the sending limits after a restart; an earlier deferred attempt of the same
+        destination is not kept, and counts no more.
+        """
+        rows = self._reader.execute(
+            "SELECT updated FROM delivery WHERE updated >= ? AND state IN (?, ?, ?)",
+            (since, ACCEPTED, REJECTED, DEFERRED),
+        ).fetchall()
+        return [row[0] for row in rows]
+
     def counts(self) -> dict[str, int]:
         """Rows per state, for --check and tests."""
         return dict(

@@ -61,6 +61,16 @@ class Metrics:
             "Age of the oldest ready message at the last poll.",
             registry=r,
         )
+        self.rate_limited = Gauge(
+            "kanidm_mail_sender_rate_limited_sends",
+            "Sends waiting now because mail_rate_limit is reached.",
+            registry=r,
+        )
+        self.rate_limit_wait = Counter(
+            "kanidm_mail_sender_rate_limit_wait_seconds",
+            "Seconds sends spent waiting for mail_rate_limit, summed over the workers.",
+            registry=r,
+        )
         self.poll_ok = False
         self.relay_ok_at: float | None = None
         self.relay_paused = False

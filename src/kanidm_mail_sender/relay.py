@@ -28,7 +28,9 @@ from kanidm_mail_sender.errors import (
     RelayUnavailable,
 )
 from kanidm_mail_sender.mail import Envelope
+from kanidm_mail_sender.oauth import TokenSource
 from kanidm_mail_sender.replies import Stage, Verdict, classify_reply, redact_reply
+from kanidm_mail_sender.smtp_auth import SmtpAuth
 
 __all__ = ["SmtpRelay", "build_tls_context", "classify_smtp_error", "reply_error"]
 
@@ -75,26 +77,37 @@ _STAGE_WORDS = {
 }
 
 
-def reply_error(stage: Stage, code: int, text: str, secrets: tuple[str, ...] = ()) -> RelayError:
+def reply_error(
+    stage: Stage,
+    code: int,
+    text: str,
+    secrets: tuple[str, ...] = (),
+    auth_hint: str = "check mail_username and mail_password",
+) -> RelayError:
     """The error for a refusing reply ``code`` to ``stage``, its text redacted."""
     verdict = classify_reply(stage, code, text)
     shown = redact_reply(text, secrets)
     what = "deferred" if 400 <= code < 500 else "refused"
     message = f"the relay {what} {_STAGE_WORDS[stage]}: {code} {shown}"
     if stage is Stage.AUTH:
-        return RelayMisconfigured(f"{message}; check mail_username and mail_password", code=code)
+        return RelayMisconfigured(f"{message}; {auth_hint}", code=code)
     return _VERDICT_ERRORS[verdict](message, code=code)
 
 
 def classify_smtp_error(
-    exc: BaseException, stage: Stage, secrets: tuple[str, ...] = ()
+    exc: BaseException,
+    stage: Stage,
+    secrets: tuple[str, ...] = (),
+    auth_hint: str = "check mail_username and mail_password",
 ) -> RelayError:
     """Map an aiosmtplib (or ssl/OS) exception raised during ``stage`` to one of ours."""
+    if isinstance(exc, RelayError):
+        return exc  # already ours (the OAuth token endpoint)
     tls = _tls_failure(exc)
     if tls is not None:
         return RelayMisconfigured(f"TLS with the relay failed: {tls}")
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return reply_error(stage, exc.code, exc.message, secrets)
+        return reply_error(stage, exc.code, exc.message, secrets, auth_hint)
     if stage is Stage.CONNECT or stage is Stage.AUTH:
         if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
             return RelayUnavailable(f"the relay did not answer in time while connecting: {exc}")
@@ -183,7 +196,7 @@ class SmtpRelay:
         endpoint: RelayEndpoint,
         *,
         tls_context: ssl.SSLContext,
-        credentials: tuple[str, str] | None = None,
+        auth: SmtpAuth | None = None,
         helo_name: str | None = None,
         connect_timeout: float = 15,
         command_timeout: float = 60,
@@ -192,14 +205,13 @@ class SmtpRelay:
     ) -> None:
         self.endpoint = endpoint
         self._tls = tls_context
-        self._credentials = credentials
+        self.auth = auth
         self._helo = helo_name or socket.gethostname()
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
         self._idle_timeout = idle_timeout
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
-        self._secrets = _secret_forms(credentials)
         self.connections_opened = 0
         self.connection_attempts = 0
 
@@ -220,22 +232,16 @@ class SmtpRelay:
             await conn.connect(timeout=self._connect_timeout)
             if conn.is_ehlo_or_helo_needed:  # after STARTTLS, and before reading extensions
                 await conn.ehlo()
-            if self._credentials is not None:
+            if self.auth is not None:
                 stage = Stage.AUTH
-                user, password = self._credentials
-                # One mechanism, no fallback, as upstream: PLAIN if offered, else LOGIN.
-                if "plain" in conn.server_auth_methods:
-                    await conn.auth_plain(user, password)
-                elif "login" in conn.server_auth_methods:
-                    await conn.auth_login(user, password)
-                else:
-                    raise aiosmtplib.SMTPException(
-                        "the relay offers neither AUTH PLAIN nor AUTH LOGIN"
-                    )
+                await self.auth.authenticate(conn)
         except BaseException as exc:
             conn.close()
+            if isinstance(exc, RelayError):
+                raise
             if isinstance(exc, Exception):
-                raise classify_smtp_error(exc, stage, self._secrets) from exc
+                hint = self.auth.hint if self.auth is not None else ""  # no AUTH stage
+                raise classify_smtp_error(exc, stage, self._secrets(), hint) from exc
             raise
         self.connections_opened += 1
         return conn
@@ -274,7 +280,7 @@ class SmtpRelay:
                 conn, reused = await self._acquire(fresh=fresh_retry)
                 try:
                     reply = await _transaction(
-                        conn, envelope, not_after=not_after, clock=clock, secrets=self._secrets
+                        conn, envelope, not_after=not_after, clock=clock, secrets=self._secrets()
                     )
                 except DeliveryDeferred as exc:
                     conn.close()
@@ -292,6 +298,9 @@ class SmtpRelay:
                 self._release(conn)
                 return reply
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _secrets(self) -> tuple[str, ...]:
+        return self.auth.secrets() if self.auth is not None else ()
 
     def _release(self, conn: aiosmtplib.SMTP) -> None:
         if conn.is_connected:
@@ -322,11 +331,6 @@ class SmtpRelay:
             conn.close()
         for task in tasks:
             task.cancel()
-
-
-def _secret_forms(credentials: tuple[str, str] | None) -> tuple[str, ...]:
-    """The strings a relay could echo back from our AUTH exchange."""
-    if credentials is None:
-        return ()
-    user, password = credentials
-    return (password, f"\0{user}\0{password}", f"{user}\0{password}")
+        tokens = getattr(self.auth, "tokens", None)
+        if isinstance(tokens, TokenSource):
+            await tokens.aclose()

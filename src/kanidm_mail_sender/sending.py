@@ -37,12 +37,15 @@ from kanidm_mail_sender.journal import ACCEPTED, DEFERRED, EXPIRED, REJECTED, Jo
 from kanidm_mail_sender.mail import Envelope, MailIdentity, build_message
 from kanidm_mail_sender.marking import MarkStage
 from kanidm_mail_sender.messages import CredentialResetV1, QueuedMessage
+from kanidm_mail_sender.ratelimit import Rate, SendLimiter
 from kanidm_mail_sender.relay_health import Change, RelayHealth
 from kanidm_mail_sender.render import Renderer
 
 __all__ = ["Job", "MailTransport", "SendSettings", "SendStage", "expires_at"]
 
 log = structlog.get_logger("kanidm_mail_sender.sending")
+
+_RATE_QUIET = 60.0  # seconds without a wait for the limits that end a rate-limit incident
 
 
 class MailTransport(Protocol):
@@ -97,6 +100,7 @@ class SendStage:
         marks: MarkStage,
         health: RelayHealth,
         settings: SendSettings,
+        limiter: SendLimiter | None = None,
     ) -> None:
         self._transport = transport
         self._journal = journal
@@ -106,6 +110,10 @@ class SendStage:
         self._queue = queue
         self._marks = marks
         self._health = health
+        self._limiter = limiter
+        self._limited_since: float | None = None  # a rate-limit incident is open
+        self._rate_log = Incident(settings.log_interval)
+        self._last_rate_wait = 0.0
         self._metrics = context.metrics
         self._s = settings
         self._stopping = context.stopping
@@ -181,7 +189,7 @@ class SendStage:
                 if verdict == "retry":
                     continue
                 return None if verdict == "stop" else False
-            self._report(self._health.succeeded(started))
+            self._report(self._health.succeeded(started), counted=True)
             await self._journal.record(
                 message.id,
                 destination,
@@ -226,14 +234,15 @@ class SendStage:
         """Journal and report one failed attempt; returns "retry", "stop" or "failed"."""
         now = time.monotonic()
         health = self._health
+        # counted: whether a mail may have gone out, for the sending limits.
         if isinstance(exc, RelayThrottled):
-            self._report(health.throttled(now, str(exc)), str(exc))
+            self._report(health.throttled(now, str(exc)), str(exc), counted=False)
             return "retry"
         if isinstance(exc, RelayUnavailable):
-            self._report(health.relay_down(now, str(exc)), str(exc))
+            self._report(health.relay_down(now, str(exc)), str(exc), counted=False)
             return "retry"
         if isinstance(exc, LinkExpired):
-            self._report(health.cancelled())
+            self._report(health.cancelled(), counted=False)
             await self._journal.record(message_id, destination, EXPIRED, now=self._clock())
             log.error(
                 "message.expired",
@@ -245,9 +254,9 @@ class SendStage:
             return "stop"
         if isinstance(exc, DeliveryRejected | ValueError):
             if isinstance(exc, DeliveryRejected):
-                self._report(health.succeeded(started))
+                self._report(health.succeeded(started), counted=True)
             else:
-                self._report(health.cancelled())
+                self._report(health.cancelled(), counted=False)
             error = str(exc) if isinstance(exc, DeliveryRejected) else f"invalid address: {exc}"
             log.error(
                 "mail.rejected",
@@ -267,12 +276,12 @@ class SendStage:
             return "failed"
         if isinstance(exc, DeliveryDeferred | TemplateError):
             if isinstance(exc, TemplateError):
-                self._report(health.cancelled())
+                self._report(health.cancelled(), counted=False)
                 log.error("message.render_failed", **ids, error=str(exc))
             elif exc.transport:
-                self._report(health.transport_failed(now, str(exc)), str(exc))
+                self._report(health.transport_failed(now, str(exc)), str(exc), counted=True)
             else:
-                self._report(health.succeeded(started))
+                self._report(health.succeeded(started), counted=True)
             delay = await self._defer(message_id, destination, attempts, str(exc))
             if isinstance(exc, DeliveryDeferred):
                 log.warning(
@@ -283,7 +292,7 @@ class SendStage:
                     retry_in_seconds=round(delay, 1),
                 )
             return "failed"
-        self._report(health.cancelled())
+        self._report(health.cancelled(), counted=True)  # cut off: it may have gone out
         raise exc
 
     async def _defer(self, message_id: UUID, destination: str, attempts: int, error: str) -> float:
@@ -311,20 +320,69 @@ class SendStage:
         await self._journal.record(message.id, ids["destination"], EXPIRED, now=self._clock())
 
     async def _admit(self) -> bool:
-        """Wait for a send slot; False when stopping."""
+        """Wait for a send slot within the relay's health and the sending limits; False when
+        stopping."""
+        limiter = self._limiter
         while not self._stopping.is_set():
             now = time.monotonic()
-            if self._health.start(now):
+            rate_wait, rate = limiter.wait_time(self._clock()) if limiter else (0.0, None)
+            if rate_wait == 0.0 and self._health.start(now):
+                if limiter is not None:
+                    limiter.begin()
+                    self._rate_ok(now)
                 return True
-            wait = self._health.wait_time(now)
-            changed = self._changed
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(None if math.isinf(wait) else wait):
-                    await changed.wait()
+            wait = max(rate_wait, self._health.wait_time(now))
+            if rate is None:
+                await self._wait_for_change(wait)
+                continue
+            self._rate_limited(now, rate, rate_wait)
+            self._metrics.rate_limited.inc()
+            try:
+                await self._wait_for_change(wait)
+            finally:
+                self._metrics.rate_limited.dec()
+                self._metrics.rate_limit_wait.inc(time.monotonic() - now)
         return False
 
-    def _report(self, change: Change | None, error: str = "") -> None:
-        """Every end of a send comes here: a freed slot must wake the waiting workers."""
+    async def _wait_for_change(self, wait: float) -> None:
+        """Up to ``wait`` seconds (``math.inf``: no bound), or until ``wake()``."""
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(None if math.isinf(wait) else wait):
+                await changed.wait()
+
+    def _rate_limited(self, now: float, rate: Rate, wait: float) -> None:
+        """A send waits for the sending limits: logged once per incident."""
+        if self._limited_since is None:
+            self._limited_since = now
+        if self._rate_log.failed(now):
+            log.warning(
+                "relay.rate_limited",
+                limit=str(rate),
+                wait_seconds=None if math.isinf(wait) else round(wait, 1),
+                note="mail over mail_rate_limit waits; no attempt is spent; logged once per "
+                "incident",
+            )
+        self._last_rate_wait = now
+
+    def _rate_ok(self, now: float) -> None:
+        """Admitted without waiting: a minute of that closes the incident."""
+        since = self._limited_since
+        if since is not None and now - self._last_rate_wait > _RATE_QUIET:
+            self._limited_since = None
+            log.info(
+                "relay.rate_limit_over",
+                waits=self._rate_log.ended(),
+                lasted_seconds=round(self._last_rate_wait - since, 1),
+            )
+
+    def _report(self, change: Change | None, error: str = "", *, counted: bool) -> None:
+        """Every end of a send comes here: a freed slot must wake the waiting workers.
+
+        ``counted``: a mail may have gone out, so the send counts against the limits.
+        """
+        if self._limiter is not None:
+            self._limiter.end(self._clock(), counted=counted)
         self.wake()
         health = self._health
         self._metrics.relay_paused = health.paused

@@ -26,6 +26,9 @@ def write_configs(
     mail-sender keys (a value of None removes the key)."""
     directory.mkdir(parents=True, exist_ok=True)
     client = directory / "client-config.toml"
+    mail_path = directory / "mail-sender.toml"
+    for old in (client, mail_path):
+        old.unlink(missing_ok=True)  # read-only from an earlier call
     client.write_text(
         tomli_w.dumps({"uri": kanidm_url, "ca_path": str(certs.ca_path), "connect_timeout": 5})
     )
@@ -49,7 +52,6 @@ def write_configs(
             mail.pop(key, None)
         else:
             mail[key] = value
-    mail_path = directory / "mail-sender.toml"
     mail_path.write_text(tomli_w.dumps(mail))
     for path in (client, mail_path):
         path.chmod(0o400)

@@ -4,10 +4,14 @@ optional AUTH, and scripted faults per recipient."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email
 import email.policy
+import json
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any, Literal
@@ -31,6 +35,7 @@ class CapturedMail:
     data: bytes
     authenticated_as: str | None
     mail_options: list[str] = field(default_factory=list)
+    received_at: float = 0.0  # Unix time the relay took it
 
     @property
     def message(self) -> EmailMessage:
@@ -52,6 +57,8 @@ class RelayFaults:
     # While set: every MAIL FROM gets this reply; every RCPT waits this long first.
     mail_refusal: str | None = None
     stall_in_rcpt: float = 0.0
+    # Hang up after every this many mails of a session (a relay limiting session length).
+    close_after_mails: int = 0
 
 
 class _Handler:
@@ -119,13 +126,59 @@ class _Handler:
                 data=content,
                 authenticated_as=login.decode() if isinstance(login, bytes) else None,
                 mail_options=list(envelope.mail_options),
+                received_at=time.time(),
             )
             if self._s.keep:
                 self._s.mails.append(mail)
             self._s.count += 1
             if self._s.on_mail is not None:
                 self._s.on_mail(mail)
+            every = self._s.faults.close_after_mails
+            session_mails = getattr(session, "mails", 0) + 1
+            session.mails = session_mails  # type: ignore[attr-defined]
+            if every and session_mails % every == 0 and server.transport is not None:
+                # Runs after aiosmtpd writes the 250 below (in this same step); close()
+                # flushes it first, so the client sees the 250, then the end of the session.
+                asyncio.get_running_loop().call_soon(server.transport.close)
         return f"250 2.0.0 Ok: queued as Q{self._s.count}"
+
+
+_XOAUTH2_ERROR = json.dumps(
+    {"status": "401", "schemes": "bearer", "scope": "https://mail.google.com/"}
+)
+
+
+class _OAuthHandler(_Handler):
+    """Also speaks SASL XOAUTH2: accepts only tokens the check says are current, and answers
+    others as Gmail and Exchange do: an error challenge, then 535 after the empty reply."""
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        check = self._s.xoauth2
+        assert check is not None
+        if len(args) > 1:
+            try:
+                blob = base64.b64decode(args[1], validate=True)
+            except ValueError:
+                return AuthResult(success=False, handled=False)
+        else:
+            answer = await server.challenge_auth("")
+            if not isinstance(answer, bytes):
+                return AuthResult(success=False, handled=True)
+            blob = answer
+        fields = dict(
+            part.split("=", 1)
+            for part in blob.decode("utf-8", "replace").split("\x01")
+            if "=" in part
+        )
+        user, bearer = fields.get("user", ""), fields.get("auth", "")
+        token = bearer.removeprefix("Bearer ")
+        if bearer.startswith("Bearer ") and check(user, token):
+            return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b""))
+        self._s.auth_failures += 1
+        await server.challenge_auth(_XOAUTH2_ERROR)
+        return AuthResult(
+            success=False, handled=False, message="535 5.7.8 Username and Password not accepted"
+        )
 
 
 class SmtpStandIn:
@@ -142,11 +195,13 @@ class SmtpStandIn:
         port: int = 0,
         keep: bool = True,
         smtputf8: bool = True,
+        xoauth2: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.certs = certs
         self.smtputf8 = smtputf8
         self.mode = mode
         self.auth = auth
+        self.xoauth2 = xoauth2  # (user, token) -> valid: XOAUTH2 is then the only mechanism
         self.host = host
         self.mails: list[CapturedMail] = []
         self.count = 0
@@ -201,9 +256,14 @@ class SmtpStandIn:
         if self.auth is not None:
             options["auth_required"] = True
             options["authenticator"] = self._authenticator
+        handler = _Handler(self)
+        if self.xoauth2 is not None:
+            handler = _OAuthHandler(self)
+            options["auth_required"] = True
+            options["auth_exclude_mechanism"] = ["LOGIN", "PLAIN"]
         port = self._port or _free_port(self.host)
         controller = UnthreadedController(
-            _Handler(self), port=port, loop=asyncio.get_running_loop(), **options
+            handler, port=port, loop=asyncio.get_running_loop(), **options
         )
         controller.server_coro = controller._create_server()
         controller.server = await controller.server_coro
