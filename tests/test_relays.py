@@ -449,7 +449,7 @@ async def test_check_names_the_cause_of_a_refused_grant(
     client, mail = config_files(relay=oauth_relay, **keys)
     out = io.StringIO()
     assert not await run_check(client, mail, environ={}, ids=Identity.current(), out=out)
-    assert "FAIL oauth2: refresh token: the OAuth token endpoint" in out.getvalue()
+    assert "FAIL oauth2: refresh token grant: the OAuth token endpoint" in out.getvalue()
     assert "replace mail_oauth2_refresh_token" in out.getvalue()
     assert "revoked-long-ago" not in out.getvalue()
 

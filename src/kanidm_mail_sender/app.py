@@ -281,12 +281,12 @@ async def _check_relay(config: MailSenderConfig, line: Callable[[str, str, str],
             try:
                 token = await relay.auth.tokens.current()
             except MailSenderError as exc:
-                line("FAIL", "oauth2", f"{settings.grant.value}: {exc}")
+                line("FAIL", "oauth2", f"{settings.grant.value} grant: {exc}")
                 return
             line(
                 "ok",
                 "oauth2",
-                f"{settings.grant.value} token from {settings.token_url} for "
+                f"{settings.grant.value} grant: token from {settings.token_url} for "
                 f"{settings.username}: lives {round(token.lifetime)} s, scopes granted: "
                 f"{token.scope or '(not stated)'}",
             )
