@@ -49,7 +49,7 @@ def test_defaults_match_upstream(tmp_path: Path) -> None:
     assert config.schedule == "*/5 * * * * * *"
     assert config.mail_connect_timeout_seconds == 15
     assert config.mail_max_connections == 4
-    assert config.shutdown_grace_seconds == 10
+    assert config.shutdown_grace_seconds == 5
     assert config.http_pipelining is True
     assert config.credentials() is None
     assert loaded.warnings == []

@@ -8,6 +8,8 @@ Exit codes:
   4  refused to start: running as root
   5  the test mail (-t) was not accepted, or --check found a problem
   6  another instance holds the state directory lock, or it is not writable
+
+--probe exits 0 when healthy and 1 when not.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from kanidm_mail_sender.errors import (
 from kanidm_mail_sender.logs import configure_logging
 from kanidm_mail_sender.messages import TEMPLATE_KINDS
 from kanidm_mail_sender.preflight import Identity, check_not_root
+from kanidm_mail_sender.probe import probe
 from kanidm_mail_sender.signals import HardExit
 
 __all__ = ["EXIT_CONFIG", "EXIT_FATAL", "EXIT_OK", "main"]
@@ -51,7 +54,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kanidm-mail-sender",
         description="Send the mail queued in Kanidm (credential resets, test messages) "
@@ -63,17 +66,19 @@ def _parser() -> argparse.ArgumentParser:
         "-c",
         "--client-config",
         type=Path,
-        default=DEFAULT_CLIENT_CONFIG,
+        default=Path(environ.get("KANIDM_CLIENT_CONFIG") or DEFAULT_CLIENT_CONFIG),
         metavar="PATH",
-        help="Kanidm client config (default: %(default)s)",
+        help="Kanidm client config (default: $KANIDM_CLIENT_CONFIG, else "
+        f"{DEFAULT_CLIENT_CONFIG}; now %(default)s)",
     )
     parser.add_argument(
         "-m",
         "--mail-sender-config",
         type=Path,
-        default=DEFAULT_MAIL_CONFIG,
+        default=Path(environ.get("KANIDM_MAIL_SENDER_CONFIG") or DEFAULT_MAIL_CONFIG),
         metavar="PATH",
-        help="mail sender config (default: %(default)s)",
+        help="mail sender config (default: $KANIDM_MAIL_SENDER_CONFIG, else "
+        f"{DEFAULT_MAIL_CONFIG}; now %(default)s)",
     )
     parser.add_argument(
         "-t", "--test-email", metavar="ADDRESS", help="send one test message to ADDRESS and exit"
@@ -97,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
         "--check",
         action="store_true",
         help="check configs, templates, Kanidm and the relay, then exit",
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="health probe for containers: one line, exit 0 when healthy, 1 when not",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -159,8 +169,12 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point of ``kanidm-mail-sender``; returns the exit code."""
     env = os.environ if environ is None else environ
-    parser = _parser()
+    parser = _parser(env)
     args = parser.parse_args(argv)
+    if args.probe:
+        healthy, why = probe(args.mail_sender_config, env)
+        print(f"{'healthy' if healthy else 'unhealthy'}: {why}", flush=True)
+        return EXIT_OK if healthy else EXIT_FATAL
     debug = _debug(args.debug, env, parser)
     configure_logging(debug=debug, json=_json_logs(env, None))
     log = structlog.get_logger("kanidm_mail_sender")

@@ -167,7 +167,8 @@ class MailSenderConfig(BaseModel):
     http_list_timeout_seconds: float = Field(default=120, gt=0, le=3600)
     http_list_max_mib: int = Field(default=256, ge=1, le=4096)
     state_dir: Path | None = None
-    shutdown_grace_seconds: float = Field(default=10, ge=0, le=3600)
+    # 5 s + the 2 s hard stop stays inside the 10 s that docker and podman stop wait by default.
+    shutdown_grace_seconds: float = Field(default=5, ge=0, le=3600)
     retry_initial_seconds: float = Field(default=30, gt=0, le=86400)
     retry_max_seconds: float = Field(default=3600, gt=0, le=7 * 86400)
     template_dir: Path | None = None
@@ -393,6 +394,13 @@ def read_regular_file(path: Path, what: str = "") -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
         raise ConfigError(f"{prefix}{path}: file not found; create it or pass its path") from None
+    except PermissionError:
+        uid = os.geteuid()
+        raise ConfigError(
+            f"{prefix}{path}: cannot be read by uid {uid} (permission denied); give it to that "
+            f"user (chown {uid} and chmod 0400; in the image uid 10001), or in Kubernetes mount "
+            "it from a Secret with fsGroup 10001 and defaultMode 0440"
+        ) from None
     except OSError as exc:
         raise ConfigError(
             f"{prefix}{path}: cannot be read ({exc.strerror}); check its permissions"

@@ -1,0 +1,64 @@
+"""``--probe``: a quiet health check for container engines (one line, no traceback).
+
+With ``metrics_listen`` set it asks the running daemon's ``/readyz``; without, it checks that
+a daemon holds the state directory's lock.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from kanidm_mail_sender.config import load_mail_config, resolve_state_dir, split_listen
+from kanidm_mail_sender.errors import MailSenderError
+
+__all__ = ["probe"]
+
+_TIMEOUT = 3.0
+_ANY = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+def probe(mail_config: Path, environ: Mapping[str, str]) -> tuple[bool, str]:
+    """Whether the daemon is healthy, and why (one line)."""
+    try:
+        config = load_mail_config(mail_config, environ=environ).config
+    except MailSenderError as exc:
+        return False, str(exc).splitlines()[0]
+    if config.metrics_listen:
+        host, port = split_listen(config.metrics_listen)
+        return _ready(_ANY.get(host, host), port)
+    return _lock_held(resolve_state_dir(config, environ))
+
+
+def _ready(host: str, port: int) -> tuple[bool, str]:
+    connection = http.client.HTTPConnection(host, port, timeout=_TIMEOUT)
+    try:
+        connection.request("GET", "/readyz")
+        response = connection.getresponse()
+        body = response.read(200).decode("utf-8", "replace").strip()
+    except (OSError, http.client.HTTPException) as exc:
+        return False, f"http://{host}:{port}/readyz: {exc}"
+    finally:
+        connection.close()
+    return response.status == 200, f"/readyz answered {response.status} {body}"
+
+
+def _lock_held(state_dir: Path) -> tuple[bool, str]:
+    """Whether the pid written in the lock file is alive. The lock itself is not tried: a
+    probe holding it for a moment could make a starting daemon think another one runs."""
+    lock = state_dir / "lock"
+    try:
+        text = lock.read_text(encoding="ascii", errors="replace").strip()
+    except OSError as exc:
+        return False, f"no daemon: {lock}: {exc.strerror}"
+    if not text.isdigit():
+        return False, f"no daemon: {lock} names no process"
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return False, f"no daemon: pid {text} of {lock} is gone"
+    except PermissionError:
+        pass  # alive, as another user
+    return True, f"the daemon (pid {text}) holds {state_dir}"

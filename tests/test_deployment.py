@@ -1,0 +1,213 @@
+"""Deployment pieces that can be checked without a container engine: the CLI's environment
+defaults, the permission error, the Kubernetes manifests against current schemas, compose,
+the Dockerfile, the lock file and the health probe."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from kanidm_mail_sender.cli import _parser, main
+from kanidm_mail_sender.config import DEFAULT_CLIENT_CONFIG, DEFAULT_MAIL_CONFIG, read_regular_file
+from kanidm_mail_sender.errors import ConfigError
+from kanidm_mail_sender.probe import probe
+
+ROOT = Path(__file__).parent.parent
+K8S = ROOT / "examples" / "kubernetes"
+
+
+@pytest.mark.parametrize(
+    ("environ", "argv", "client", "mail"),
+    [
+        ({}, [], DEFAULT_CLIENT_CONFIG, DEFAULT_MAIL_CONFIG),
+        (
+            {"KANIDM_CLIENT_CONFIG": "/data/c", "KANIDM_MAIL_SENDER_CONFIG": "/data/m"},
+            [],
+            Path("/data/c"),
+            Path("/data/m"),
+        ),
+        (
+            {"KANIDM_CLIENT_CONFIG": "/data/c", "KANIDM_MAIL_SENDER_CONFIG": "/data/m"},
+            ["-c", "/flag/c", "--mail-sender-config", "/flag/m"],
+            Path("/flag/c"),
+            Path("/flag/m"),
+        ),
+        (
+            {"KANIDM_CLIENT_CONFIG": "", "KANIDM_MAIL_SENDER_CONFIG": ""},
+            [],
+            DEFAULT_CLIENT_CONFIG,
+            DEFAULT_MAIL_CONFIG,
+        ),
+    ],
+)
+def test_config_paths_from_environment_unless_flags(
+    environ: dict[str, str], argv: list[str], client: Path, mail: Path
+) -> None:
+    args = _parser(environ).parse_args(argv)
+    assert (args.client_config, args.mail_sender_config) == (client, mail)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_permission_error_says_how_to_fix_it_in_one_line(tmp_path: Path) -> None:
+    secret = tmp_path / "mail-sender"
+    secret.write_text("x")
+    secret.chmod(0)
+    with pytest.raises(ConfigError) as caught:
+        read_regular_file(secret)
+    text = str(caught.value)
+    assert "\n" not in text
+    assert f"cannot be read by uid {os.geteuid()}" in text
+    assert "chmod 0400" in text
+    assert "fsGroup 10001" in text
+
+
+def test_permission_error_text_as_the_service_user(tmp_path: Path) -> None:
+    """Run as root here? Then as nobody in a child, which root can become."""
+    if os.geteuid() != 0:
+        pytest.skip("the test above covers a non-root run")
+    secret = tmp_path / "mail-sender"
+    secret.write_text("x")
+    secret.chmod(0o400)
+    tmp_path.chmod(0o755)
+    code = (  # everything imported before the privileges go: root's Python is not nobody's
+        "import os\n"
+        "from pathlib import Path\n"
+        "from kanidm_mail_sender.config import read_regular_file\n"
+        "os.setgid(65534)\n"
+        "os.setuid(65534)\n"
+        f"read_regular_file(Path({str(secret)!r}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    last = result.stderr.strip().splitlines()[-1]
+    assert "cannot be read by uid 65534 (permission denied)" in last
+    assert "chown 65534 and chmod 0400" in last
+
+
+def _documents() -> list[dict[str, object]]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        docs += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return docs
+
+
+def test_kubernetes_manifests_validate_against_current_schemas() -> None:
+    docs = _documents()
+    assert sorted(str(doc["kind"]) for doc in docs) == [
+        "ConfigMap",
+        "Deployment",
+        "PersistentVolumeClaim",
+        "Secret",
+    ]
+    version = kubernetes_validate.latest_version()
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_deployment_is_one_replica_recreated_locked_down_and_probed() -> None:
+    deployment = next(doc for doc in _documents() if doc["kind"] == "Deployment")
+    spec = deployment["spec"]
+    assert isinstance(spec, dict)
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = pod["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["resources"]["limits"]["memory"]
+    # Above the daemon's own stop bound: the default grace plus the 2 s hard stop.
+    assert pod["terminationGracePeriodSeconds"] > 5 + 2
+
+
+def test_the_configmap_is_a_valid_config_pointing_at_the_secret(tmp_path: Path) -> None:
+    docs = _documents()
+    config_map = next(doc for doc in docs if doc["kind"] == "ConfigMap")
+    secret = next(doc for doc in docs if doc["kind"] == "Secret")
+    data = config_map["data"]
+    assert isinstance(data, dict)
+    mail = tomllib.loads(data["mail-sender"])
+    tomllib.loads(data["config"])
+    keys = secret["stringData"]
+    assert isinstance(keys, dict)
+    for key, value in mail.items():
+        if key.endswith("_file"):
+            assert value == f"/secrets/{Path(value).name}"
+            assert Path(value).name in keys
+
+
+def test_compose_runs_the_sender_read_only_and_non_root() -> None:
+    compose = yaml.safe_load((ROOT / "examples" / "compose.yaml").read_text())
+    sender = compose["services"]["mail-sender"]
+    assert sender["read_only"] is True
+    assert sender["user"] == "10001:10001"
+    assert int(sender["stop_grace_period"].rstrip("s")) > 5 + 2
+
+
+def test_dockerfile_pieces() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"ARG PYTHON_IMAGE=python:3\.\d+-slim-[a-z]+\n", text)
+    assert text.count("FROM ${PYTHON_IMAGE}") == 2  # build and runtime stages
+    assert "--require-hashes -r /wheels/requirements.lock" in text
+    for arg in ("PIP_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_CERT"):
+        assert f"ARG {arg}=" in text
+    assert "USER 10001:10001" in text
+    assert "STOPSIGNAL SIGTERM" in text
+    assert 'CMD ["kanidm-mail-sender", "--probe"]' in text
+    assert "KANIDM_MAIL_SENDER_CONFIG=/data/kanidm/mail-sender" in text
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert ignored[ignored.index("*") - 1].startswith("#") or ignored[0] == "*"
+    assert "*" in ignored  # everything but the listed sources: no .git, .venv, tests, bench
+
+
+def test_lock_file_pins_every_runtime_dependency_with_hashes() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lock = (ROOT / "requirements.lock").read_text()
+    pinned = {
+        line.split("==")[0].strip().lower()
+        for line in lock.splitlines()
+        if re.match(r"^[A-Za-z0-9_.-]+==", line)
+    }
+    for requirement in project["dependencies"]:
+        name = re.split(r"[<>=!;\[ ]", requirement, maxsplit=1)[0].lower()
+        assert name in pinned, f"{name} is not in requirements.lock; regenerate it"
+    blocks = re.split(r"\n(?=[A-Za-z])", lock.split("\n", 1)[1] if lock.startswith("#") else lock)
+    assert all("--hash=sha256:" in block for block in blocks if "==" in block)
+
+
+def test_probe_without_metrics_follows_the_lock(
+    config_files: Callable[..., tuple[Path, Path]], tmp_path: Path
+) -> None:
+    _, mail = config_files()
+    state = tmp_path / "config" / "state"
+    healthy, why = probe(mail, {})
+    assert not healthy
+    assert "no daemon" in why
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "lock").write_text(f"{os.getpid()}\n")
+    assert probe(mail, {}) == (True, f"the daemon (pid {os.getpid()}) holds {state}")
+
+
+def test_probe_output_is_one_line_and_the_exit_code(
+    config_files: Callable[..., tuple[Path, Path]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, mail = config_files(metrics_listen="127.0.0.1:1")
+    assert main(["-m", str(mail), "--probe"], environ={}) == 1
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    assert out.startswith("unhealthy: http://127.0.0.1:1/readyz:")
+    assert main(["-m", "/nonexistent/mail-sender", "--probe"], environ={}) == 1
+    assert "file not found" in capsys.readouterr().out
