@@ -86,8 +86,15 @@ def test_permission_error_text_as_the_service_user(tmp_path: Path) -> None:
         "os.setuid(65534)\n"
         f"read_regular_file(Path({str(secret)!r}))\n"
     )
+    # Not measured: as nobody, coverage could not write its data file.
+    environ = {key: value for key, value in os.environ.items() if "COV" not in key}
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=environ,
     )
     last = result.stderr.strip().splitlines()[-1]
     assert "cannot be read by uid 65534 (permission denied)" in last
