@@ -181,7 +181,7 @@ async def harness_factory(
                 relay_pause_max=0.2,
                 throttle_initial=0.05,
                 throttle_max=0.2,
-                rate_limits=config.rate_limits(),
+                rate_limits=config.mail_rate_limit,
             ),
             clock=clock or time.time,
         )

@@ -65,6 +65,8 @@ def test_defaults_match_upstream(tmp_path: Path) -> None:
         ({"instance_url": "idm.example.com"}, "instance_url", "absolute URL"),
         ({"mail_relay": "relay.example.com/x"}, "mail_relay", "smtps://"),
         ({"mail_relay": "bad host"}, "mail_relay", "Kanidm 1.10"),
+        ({"mail_rate_limit": "5/week"}, "mail_rate_limit", "not a limit"),
+        ({"mail_rate_limit": 5}, "mail_rate_limit", "such as"),
         ({"mail_relay": "http://relay.example.com"}, "mail_relay", "not http://"),
         ({"mail_relay": "smtp://"}, "mail_relay", "no host"),
         ({"mail_relay": "smtp://relay:99999"}, "mail_relay", "port"),

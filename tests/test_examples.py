@@ -55,4 +55,4 @@ def test_example_loads(name: str, tmp_path: Path) -> None:
         assert oauth2.username == config.mail_username
         assert oauth2.token_url.startswith("https://")
         assert oauth2.scope
-    assert ("mail_rate_limit" in data) == bool(config.rate_limits())
+    assert ("mail_rate_limit" in data) == bool(config.mail_rate_limit)

@@ -271,7 +271,7 @@ async def run_check(
 
 async def _check_relay(config: MailSenderConfig, line: Callable[[str, str, str], None]) -> None:
     """Token (for XOAUTH2), TLS and AUTH with the relay, then the sending limits."""
-    limits = config.rate_limits()
+    limits = config.mail_rate_limit
     if limits:
         line("ok", "rate limit", ", ".join(str(rate) for rate in limits) + " across connections")
     relay = make_relay(config)
@@ -316,7 +316,7 @@ async def run_main(
         retry_initial=config.retry_initial_seconds,
         retry_max=config.retry_max_seconds,
         relay_probe_interval=120.0 if config.metrics_listen else None,
-        rate_limits=config.rate_limits(),
+        rate_limits=config.mail_rate_limit,
     )
     relay = make_relay(config)
     engine = Engine(

@@ -62,24 +62,22 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         epilog=__doc__.split("\n", 2)[2] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "-c",
-        "--client-config",
-        type=Path,
-        default=Path(environ.get("KANIDM_CLIENT_CONFIG") or DEFAULT_CLIENT_CONFIG),
-        metavar="PATH",
-        help="Kanidm client config (default: $KANIDM_CLIENT_CONFIG, else "
-        f"{DEFAULT_CLIENT_CONFIG}; now %(default)s)",
-    )
-    parser.add_argument(
-        "-m",
-        "--mail-sender-config",
-        type=Path,
-        default=Path(environ.get("KANIDM_MAIL_SENDER_CONFIG") or DEFAULT_MAIL_CONFIG),
-        metavar="PATH",
-        help="mail sender config (default: $KANIDM_MAIL_SENDER_CONFIG, else "
-        f"{DEFAULT_MAIL_CONFIG}; now %(default)s)",
-    )
+    for flags, variable, default, what in (
+        (("-c", "--client-config"), "KANIDM_CLIENT_CONFIG", DEFAULT_CLIENT_CONFIG, "Kanidm client"),
+        (
+            ("-m", "--mail-sender-config"),
+            "KANIDM_MAIL_SENDER_CONFIG",
+            DEFAULT_MAIL_CONFIG,
+            "mail sender",
+        ),
+    ):
+        parser.add_argument(
+            *flags,
+            type=Path,
+            default=Path(environ.get(variable) or default),
+            metavar="PATH",
+            help=f"{what} config (default: ${variable}, else {default}; now %(default)s)",
+        )
     parser.add_argument(
         "-t", "--test-email", metavar="ADDRESS", help="send one test message to ADDRESS and exit"
     )

@@ -174,7 +174,7 @@ class MailSenderConfig(BaseModel):
     template_dir: Path | None = None
     log_format: Literal["text", "json"] = "text"
     metrics_listen: str | None = None
-    mail_rate_limit: str | list[str] | None = None
+    mail_rate_limit: tuple[Rate, ...] = ()  # written as "14/second" or a list of such
     # OAuth 2.0 (SASL XOAUTH2) instead of a password; see oauth_config.py for the grants.
     mail_oauth2_provider: str | None = None
     mail_oauth2_tenant: str | None = None
@@ -186,7 +186,6 @@ class MailSenderConfig(BaseModel):
     mail_oauth2_service_account: SecretStr | None = None  # the JSON key file's text
 
     _oauth2: OAuth2Settings | None = PrivateAttr(default=None)
-    _rates: tuple[Rate, ...] = PrivateAttr(default=())
 
     @field_validator("schedule")
     @classmethod
@@ -245,12 +244,12 @@ class MailSenderConfig(BaseModel):
             split_listen(value)
         return value
 
-    @field_validator("mail_rate_limit")
+    @field_validator("mail_rate_limit", mode="before")
     @classmethod
-    def _rate_limit(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if value is not None:
-            parse_rates(value)
-        return value
+    def _rate_limit(cls, value: object) -> tuple[Rate, ...]:
+        if not isinstance(value, str | list):
+            raise ValueError('must be a limit such as "14/second", or a list of them')
+        return parse_rates(value)
 
     @model_validator(mode="after")
     def _retry_order(self) -> MailSenderConfig:
@@ -260,9 +259,7 @@ class MailSenderConfig(BaseModel):
 
     @model_validator(mode="after")
     def _derived(self) -> MailSenderConfig:
-        """Parse the rate limits and the OAuth grant once, where the values enter."""
-        if self.mail_rate_limit is not None:
-            self._rates = parse_rates(self.mail_rate_limit)
+        """Derive the OAuth grant once, where the values enter."""
         keys = {key: _plain(getattr(self, key)) for key in (*OAUTH2_KEYS, "mail_password")}
         keys["mail_username"] = self.mail_username
         self._oauth2 = oauth2_settings(keys)
@@ -275,10 +272,6 @@ class MailSenderConfig(BaseModel):
     def oauth2(self) -> OAuth2Settings | None:
         """The OAuth 2.0 settings, when XOAUTH2 is configured."""
         return self._oauth2
-
-    def rate_limits(self) -> tuple[Rate, ...]:
-        """The parsed ``mail_rate_limit`` (empty: no limit)."""
-        return self._rates
 
     @property
     def relay(self) -> RelayEndpoint:

@@ -14,6 +14,7 @@ import math
 import ssl
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,8 +147,8 @@ class TokenSource:
         self._lock = asyncio.Lock()
         self._used = False
         self._renewer: asyncio.Task[None] | None = None
-        self.fetches = 0
-        self.issued: list[str] = []  # every token value seen, for redaction of relay replies
+        # The latest token values, for redaction of relay replies.
+        self._recent: deque[str] = deque(maxlen=4)
 
     async def current(self) -> AccessToken:
         """A token that is not about to expire; fetched when there is none."""
@@ -171,11 +172,10 @@ class TokenSource:
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret a relay or endpoint answer could echo."""
-        return (*self.settings.secrets(), *self.issued[-4:])
+        return (*self.settings.secrets(), *self._recent)
 
     async def _fetch(self) -> AccessToken:
         started = self._clock()
-        self.fetches += 1
         try:
             data = await self._request()
             value = data["access_token"]
@@ -187,7 +187,7 @@ class TokenSource:
         except (OAuthError, httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             raise classify_token_error(exc, self.settings.token_url) from None
         rotated = data.get("refresh_token")
-        if isinstance(rotated, str) and rotated and rotated != self._refresh_token:
+        if isinstance(rotated, str) and rotated:
             self._refresh_token = rotated  # kept in memory; the old one stays valid for a while
         ahead = min(_RENEW_AHEAD_MAX, lifetime * _RENEW_AHEAD_SHARE)
         # A token within a tenth of its lifetime of expiry is not handed out any more.
@@ -199,8 +199,7 @@ class TokenSource:
             scope=data.get("scope") if isinstance(data.get("scope"), str) else None,
         )
         self._token = token
-        self.issued.append(value)
-        del self.issued[:-16]
+        self._recent.append(value)
         log.debug(
             "oauth2.token",
             grant=self.settings.grant.value,

@@ -28,9 +28,8 @@ from kanidm_mail_sender.errors import (
     RelayUnavailable,
 )
 from kanidm_mail_sender.mail import Envelope
-from kanidm_mail_sender.oauth import TokenSource
 from kanidm_mail_sender.replies import Stage, Verdict, classify_reply, redact_reply
-from kanidm_mail_sender.smtp_auth import SmtpAuth
+from kanidm_mail_sender.smtp_auth import PASSWORD_HINT, SmtpAuth
 
 __all__ = ["SmtpRelay", "build_tls_context", "classify_smtp_error", "reply_error"]
 
@@ -82,7 +81,7 @@ def reply_error(
     code: int,
     text: str,
     secrets: tuple[str, ...] = (),
-    auth_hint: str = "check mail_username and mail_password",
+    auth_hint: str = PASSWORD_HINT,
 ) -> RelayError:
     """The error for a refusing reply ``code`` to ``stage``, its text redacted."""
     verdict = classify_reply(stage, code, text)
@@ -98,7 +97,7 @@ def classify_smtp_error(
     exc: BaseException,
     stage: Stage,
     secrets: tuple[str, ...] = (),
-    auth_hint: str = "check mail_username and mail_password",
+    auth_hint: str = PASSWORD_HINT,
 ) -> RelayError:
     """Map an aiosmtplib (or ssl/OS) exception raised during ``stage`` to one of ours."""
     if isinstance(exc, RelayError):
@@ -240,7 +239,7 @@ class SmtpRelay:
             if isinstance(exc, RelayError):
                 raise
             if isinstance(exc, Exception):
-                hint = self.auth.hint if self.auth is not None else ""  # no AUTH stage
+                hint = self.auth.hint if self.auth is not None else PASSWORD_HINT
                 raise classify_smtp_error(exc, stage, self._secrets(), hint) from exc
             raise
         self.connections_opened += 1
@@ -331,6 +330,5 @@ class SmtpRelay:
             conn.close()
         for task in tasks:
             task.cancel()
-        tokens = getattr(self.auth, "tokens", None)
-        if isinstance(tokens, TokenSource):
-            await tokens.aclose()
+        if self.auth is not None:
+            await self.auth.aclose()

@@ -8,7 +8,9 @@ import aiosmtplib
 
 from kanidm_mail_sender.oauth import TokenSource
 
-__all__ = ["PasswordAuth", "SmtpAuth", "XOAuth2Auth"]
+__all__ = ["PASSWORD_HINT", "PasswordAuth", "SmtpAuth", "XOAuth2Auth"]
+
+PASSWORD_HINT = "check mail_username and mail_password"  # noqa: S105 - advice, not a secret
 
 
 class SmtpAuth(Protocol):
@@ -23,11 +25,13 @@ class SmtpAuth(Protocol):
 
     def describe(self) -> str: ...
 
+    async def aclose(self) -> None: ...
+
 
 class PasswordAuth:
     """One mechanism, no fallback, as upstream: PLAIN if offered, else LOGIN."""
 
-    hint = "check mail_username and mail_password"
+    hint = PASSWORD_HINT
 
     def __init__(self, username: str, password: str) -> None:
         self._username = username
@@ -51,6 +55,9 @@ class PasswordAuth:
     def describe(self) -> str:
         """For ``--check``."""
         return f"authenticated as {self._username} (password)"
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
 
 
 class XOAuth2Auth:
@@ -84,3 +91,7 @@ class XOAuth2Auth:
     def describe(self) -> str:
         """For ``--check``."""
         return f"authenticated as {self._username} (XOAUTH2)"
+
+    async def aclose(self) -> None:
+        """Stop the token renewal and close the token endpoint's client."""
+        await self.tokens.aclose()
