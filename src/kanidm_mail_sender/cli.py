@@ -10,6 +10,11 @@ Exit codes:
   6  another instance holds the state directory lock, or it is not writable
 
 --probe exits 0 when healthy and 1 when not.
+
+Operator commands (status, queue, history, show, retry): 0 done (status: a daemon runs and its
+last poll worked), 1 Kanidm failed (status: no daemon, or its last poll failed), 3
+configuration, 5 not possible as asked (retry of an accepted or expired destination, show of
+an unknown message), 6 the journal cannot be read.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ import sys
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from uuid import UUID
 
 import structlog
 
-from kanidm_mail_sender import __version__
+from kanidm_mail_sender import __version__, commands
 from kanidm_mail_sender.app import load_configs, render_preview, run_check, run_main, send_test
+from kanidm_mail_sender.commands import parse_since
 from kanidm_mail_sender.config import DEFAULT_CLIENT_CONFIG, DEFAULT_MAIL_CONFIG
 from kanidm_mail_sender.errors import (
     ConfigError,
@@ -34,10 +41,12 @@ from kanidm_mail_sender.errors import (
     RelayError,
     StateError,
 )
+from kanidm_mail_sender.journal import ACCEPTED, DEFERRED, EXPIRED, REJECTED
 from kanidm_mail_sender.logs import configure_logging
 from kanidm_mail_sender.messages import TEMPLATE_KINDS
 from kanidm_mail_sender.preflight import Identity, check_not_root
 from kanidm_mail_sender.probe import probe
+from kanidm_mail_sender.retries import RetryRequest
 from kanidm_mail_sender.signals import HardExit
 
 __all__ = ["EXIT_CONFIG", "EXIT_FATAL", "EXIT_OK", "main"]
@@ -107,7 +116,75 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="health probe for containers: one line, exit 0 when healthy, 1 when not",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _subcommands(parser)
     return parser
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> None:
+    """The operator's commands; -c and -m may also come after the command's name."""
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a flag given before the command's name must not be reset by these defaults.
+    common.add_argument("-c", "--client-config", type=Path, default=argparse.SUPPRESS)
+    common.add_argument("-m", "--mail-sender-config", type=Path, default=argparse.SUPPRESS)
+    common.add_argument("--json", action="store_true", help="JSON instead of a table")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    status = commands.add_parser(
+        "status", parents=[common], help="the daemon, its last poll, the relay, the journal"
+    )
+    status.add_argument("--offline", action="store_true", help="do not ask Kanidm")
+    commands.add_parser(
+        "queue", parents=[common], help="what Kanidm holds now, with each destination's state"
+    )
+    history = commands.add_parser(
+        "history", parents=[common], help="one row per message and destination"
+    )
+    history.add_argument("--state", choices=[ACCEPTED, DEFERRED, REJECTED, EXPIRED])
+    history.add_argument("--since", type=parse_since, metavar="DURATION", help="e.g. 2h, 30m")
+    history.add_argument("--to", metavar="ADDRESS", help="only this destination")
+    show = commands.add_parser("show", parents=[common], help="everything about one message")
+    show.add_argument("message_id", type=UUID, metavar="MESSAGE_ID")
+    show.add_argument("--offline", action="store_true", help="do not ask Kanidm")
+    retry = commands.add_parser(
+        "retry", parents=[common], help="send a failed or waiting destination at the next poll"
+    )
+    retry.add_argument("message_id", type=UUID, metavar="MESSAGE_ID")
+    retry.add_argument("destination", nargs="?", metavar="DESTINATION")
+    retry.add_argument(
+        "--resend", action="store_true", help="also mail a destination the relay accepted"
+    )
+    retry.add_argument("--offline", action="store_true", help="do not ask Kanidm")
+
+
+def _operator(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """Run one operator command; the same exit codes as the daemon where they apply."""
+    ctx = commands.Context(
+        client_config=args.client_config,
+        mail_config=args.mail_sender_config,
+        environ=environ,
+        out=sys.stdout,
+        as_json=args.json,
+        offline=getattr(args, "offline", False),
+    )
+    try:
+        if args.command == "status":
+            return _run(commands.status(ctx))
+        if args.command == "queue":
+            return _run(commands.queue(ctx))
+        if args.command == "history":
+            return commands.history(ctx, state=args.state, since=args.since, to=args.to)
+        if args.command == "show":
+            return _run(commands.show(ctx, args.message_id))
+        request = RetryRequest(args.message_id, args.destination, args.resend)
+        return _run(commands.retry(ctx, request))
+    except ConfigError as exc:
+        print(f"configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StateError as exc:
+        print(f"state: {exc}", file=sys.stderr)
+        return EXIT_STATE
+    except MailSenderError as exc:
+        print(f"kanidm: {exc}", file=sys.stderr)
+        return EXIT_FATAL
 
 
 def _debug(flag: bool | None, environ: Mapping[str, str], parser: argparse.ArgumentParser) -> bool:
@@ -169,6 +246,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     env = os.environ if environ is None else environ
     parser = _parser(env)
     args = parser.parse_args(argv)
+    if args.command is not None:
+        return _operator(args, env)
     if args.probe:
         healthy, why = probe(args.mail_sender_config, env)
         print(f"{'healthy' if healthy else 'unhealthy'}: {why}", flush=True)

@@ -12,9 +12,11 @@ import structlog
 from kanidm_mail_sender.engine import CANCEL_DEADLINE, CutOff, Engine
 from kanidm_mail_sender.errors import ScheduleError
 from kanidm_mail_sender.journal import Journal
+from kanidm_mail_sender.retries import apply_retries
 from kanidm_mail_sender.schedule import Schedule
 from kanidm_mail_sender.sdnotify import Notifier
 from kanidm_mail_sender.signals import HardExit
+from kanidm_mail_sender.status_file import publish, snapshot
 
 __all__ = ["STOP_MARGIN", "run_daemon"]
 
@@ -80,6 +82,12 @@ async def run_daemon(
         else None
     )
     notifier.ready(f"polling on schedule {schedule.expression!r}")
+    started = time.time()
+
+    def published(running: bool = True) -> None:
+        publish(journal.state_dir, snapshot(engine, started=started, running=running))
+
+    published()
     last_prune = -PRUNE_INTERVAL
     last_fire: datetime | None = None
     fire_at: datetime | None = None
@@ -108,7 +116,9 @@ async def run_daemon(
             # A poll may feed a full send queue until the next fire time, no longer.
             following = schedule.next_after(fire_at)
             feed = None if following is None else max(0.0, _seconds(following - now()))
+            await apply_retries(journal)
             await _poll(engine, ended, feed)
+            published()
             # A poll that fed until the next fire time owes that fire time a poll at once.
             fire_at = (
                 following
@@ -123,4 +133,5 @@ async def run_daemon(
             hard_exit.arm(grace + STOP_MARGIN, 1 if engine.fatal is not None else 0)
         log.info("daemon.stopping", grace_seconds=grace, busy=engine.busy)
         cut = await engine.shutdown(grace)
+        published(running=False)
     return cut

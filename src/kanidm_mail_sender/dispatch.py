@@ -103,6 +103,9 @@ class Dispatcher:
         self.reported = ReportedOnce(settings.reported_capacity)
         self.overflowed = 0  # entries due for sending that the last poll could not queue
 
+    #: When the last poll ended (Unix time) and its error, None when it succeeded.
+    last_poll: tuple[float, str | None] | None = None
+
     def retry_now(self) -> None:
         """Forget the list backoff (tests whose clock jumps)."""
         self._retry_at = 0.0
@@ -157,6 +160,7 @@ class Dispatcher:
     def _failed(self, exc: KanidmError) -> None:
         self._metrics.poll_ok = False
         now = self._clock()
+        self.last_poll = (now, str(exc))
         log_it = self._incident.failed(now)
         delay = backoff_delay(
             self._incident.failures,
@@ -183,6 +187,7 @@ class Dispatcher:
                 note="more bad entries than are logged per poll",
             )
         now = self._clock()
+        self.last_poll = (now, None)
         self._metrics.poll_ok = True
         self._metrics.queue_size.set(count)
         self._metrics.last_poll.set(now)

@@ -5,6 +5,7 @@ MailSenderError
 │   ├── TemplateError                  a message template is missing or fails to render
 │   └── ScheduleError                  the cron expression is invalid or has no future fire time
 ├── PreflightError                     refusing to start (running as root)
+├── RetryRefused                       an operator's retry does not apply (accepted, expired)
 ├── StateError                         the state directory or its journal cannot be used
 │   └── AlreadyRunning                 another instance holds the state directory lock
 ├── KanidmError                        talking to Kanidm failed
@@ -40,6 +41,7 @@ __all__ = [
     "RelayMisconfigured",
     "RelayThrottled",
     "RelayUnavailable",
+    "RetryRefused",
     "ScheduleError",
     "StateError",
     "TemplateError",
@@ -64,6 +66,10 @@ class ScheduleError(ConfigError):
 
 class PreflightError(MailSenderError):
     """A start-up safety check refused to let the daemon run."""
+
+
+class RetryRefused(MailSenderError):
+    """An operator's ``retry`` cannot be applied as asked; the message says why."""
 
 
 class StateError(MailSenderError):

@@ -27,7 +27,10 @@ __all__ = [
     "EXPIRED",
     "REJECTED",
     "DestinationState",
+    "HistoryRow",
     "Journal",
+    "JournalView",
+    "lock_holder",
     "storable",
 ]
 
@@ -275,3 +278,83 @@ class Journal:
                 conn.close()
         os.close(self._lock_fd)
         self._lock_fd = -1
+
+
+def lock_holder(state_dir: Path) -> int | None:
+    """The pid of the daemon holding ``state_dir``, read from its lock file, if it is alive.
+
+    The lock itself is never tried: holding it even for a moment could make a daemon that
+    starts at that instant believe another one runs.
+    """
+    try:
+        text = (state_dir / "lock").read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    if not text.isdigit():
+        return None
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, as another user
+    return int(text)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """One (message, destination) as the journal has it."""
+
+    message_id: str
+    destination: str
+    state: str
+    attempts: int
+    next_attempt: float | None
+    reply: str | None
+    first_seen: float
+    updated: float
+
+
+_HISTORY = """
+SELECT message_id, destination, state, attempts, next_attempt, reply, first_seen, updated
+FROM delivery
+WHERE (? IS NULL OR message_id = ?) AND (? IS NULL OR state = ?)
+  AND (? IS NULL OR lower(destination) = lower(?)) AND (? IS NULL OR updated >= ?)
+ORDER BY updated DESC
+"""
+
+
+class JournalView:
+    """A read-only look at the journal, safe while the daemon writes (SQLite WAL readers)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "journal.sqlite3"
+        if not self.path.is_file():
+            raise StateError(
+                f"{self.path}: no delivery journal; has the daemon run with this state_dir?"
+            )
+        try:
+            self._conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=5)
+            self._conn.execute("SELECT 1 FROM delivery LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot read the delivery journal ({exc})") from None
+
+    def rows(
+        self,
+        *,
+        message_id: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        destination: str | None = None,
+    ) -> list[HistoryRow]:
+        """Rows matching every given filter, newest first."""
+        args = (message_id, message_id, state, state, destination, destination, since, since)
+        try:
+            found = self._conn.execute(_HISTORY, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot read the delivery journal ({exc})") from None
+        return [HistoryRow(*row) for row in found]
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()

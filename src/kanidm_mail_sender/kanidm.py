@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from kanidm_mail_sender.errors import (
     KanidmResponseError,
     KanidmUnavailable,
 )
-from kanidm_mail_sender.listparse import ReadyListParser
+from kanidm_mail_sender.listparse import MAX_ENTRY_BYTES, ReadyListParser
 
 __all__ = [
     "READY_PATH",
@@ -37,7 +38,8 @@ __all__ = [
     "tls_context",
 ]
 
-READY_PATH = "/scim/v1/Message/_ready"
+ALL_PATH = "/scim/v1/Message"
+READY_PATH = f"{ALL_PATH}/_ready"
 USER_AGENT = f"kanidm-mail-sender/{__version__}"
 
 
@@ -207,7 +209,7 @@ class KanidmClient:
         """Whether marks go through the pipeline rather than one httpx request each."""
         return self._marker is not None
 
-    async def ready(self) -> AsyncGenerator[Any, None]:
+    def ready(self) -> AsyncGenerator[Any, None]:
         """Yield each resource of the ready list (or a MalformedMessage for a bad entry) as it
         is parsed off the wire.
 
@@ -215,14 +217,42 @@ class KanidmClient:
         the body's size is bounded before and after decoding; the caller's own time between
         items does not count.
         """
-        limits, what = self._limits, "listing ready messages"
+        return self._list(READY_PATH, "listing ready messages")
+
+    def every_message(self) -> AsyncGenerator[Any, None]:
+        """Every message Kanidm holds, sent or not, as :meth:`ready` yields them."""
+        return self._list(ALL_PATH, "listing all messages")
+
+    async def message(self, message_id: UUID) -> Any:
+        """One message's resource, sent or not; KanidmNotFound when Kanidm has none."""
+        what = f"reading message {message_id}"
+        body = bytearray()
+        try:
+            async with self._http.stream("GET", f"{ALL_PATH}/{message_id}") as response:
+                if response.status_code != 200:
+                    raise status_error(response.status_code, await _excerpt(response), what)
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_ENTRY_BYTES:
+                        raise KanidmResponseError(f"{what}: larger than 1 MiB", status=200)
+        except httpx.TimeoutException as exc:
+            raise KanidmUnavailable(f"{what}: Kanidm timed out ({exc!r})") from exc
+        except httpx.TransportError as exc:
+            raise KanidmUnavailable(f"{what}: cannot reach Kanidm ({exc})") from exc
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise KanidmResponseError(f"{what}: not JSON ({exc})", status=200) from None
+
+    async def _list(self, path: str, what: str) -> AsyncGenerator[Any, None]:
+        limits = self._limits
         loop = asyncio.get_running_loop()
         budget = _Budget(loop, limits.timeout)
         try:
             async with contextlib.AsyncExitStack() as stack:
                 async with budget.spend():
                     response = await stack.enter_async_context(
-                        self._http.stream("GET", READY_PATH, headers=_LIST_HEADERS)
+                        self._http.stream("GET", path, headers=_LIST_HEADERS)
                     )
                 if response.status_code != 200:
                     async with budget.spend():

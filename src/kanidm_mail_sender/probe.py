@@ -7,12 +7,12 @@ a daemon holds the state directory's lock.
 from __future__ import annotations
 
 import http.client
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from kanidm_mail_sender.config import load_mail_config, resolve_state_dir, split_listen
 from kanidm_mail_sender.errors import MailSenderError
+from kanidm_mail_sender.journal import lock_holder
 
 __all__ = ["probe"]
 
@@ -46,19 +46,7 @@ def _ready(host: str, port: int) -> tuple[bool, str]:
 
 
 def _lock_held(state_dir: Path) -> tuple[bool, str]:
-    """Whether the pid written in the lock file is alive. The lock itself is not tried: a
-    probe holding it for a moment could make a starting daemon think another one runs."""
-    lock = state_dir / "lock"
-    try:
-        text = lock.read_text(encoding="ascii", errors="replace").strip()
-    except OSError as exc:
-        return False, f"no daemon: {lock}: {exc.strerror}"
-    if not text.isdigit():
-        return False, f"no daemon: {lock} names no process"
-    try:
-        os.kill(int(text), 0)
-    except ProcessLookupError:
-        return False, f"no daemon: pid {text} of {lock} is gone"
-    except PermissionError:
-        pass  # alive, as another user
-    return True, f"the daemon (pid {text}) holds {state_dir}"
+    pid = lock_holder(state_dir)
+    if pid is None:
+        return False, f"no daemon holds {state_dir}"
+    return True, f"the daemon (pid {pid}) holds {state_dir}"

@@ -37,6 +37,7 @@ from kanidm_mail_sender.journal import ACCEPTED, DEFERRED, EXPIRED, REJECTED, Jo
 from kanidm_mail_sender.mail import Envelope, MailIdentity, build_message
 from kanidm_mail_sender.marking import MarkStage
 from kanidm_mail_sender.messages import CredentialResetV1, QueuedMessage
+from kanidm_mail_sender.queueid import relay_queue_id
 from kanidm_mail_sender.ratelimit import Rate, SendLimiter
 from kanidm_mail_sender.relay_health import Change, RelayHealth
 from kanidm_mail_sender.render import Renderer
@@ -205,6 +206,7 @@ class SendStage:
                 **ids,
                 template=message.template.kind,
                 smtp_message_id=envelope.message_id,
+                relay_queue_id=relay_queue_id(reply),
                 duration_ms=round((time.monotonic() - started) * 1000, 1),
             )
             return True

@@ -219,6 +219,8 @@ class KanidmStandIn:
         if scheme.lower() != "bearer" or not secrets.compare_digest(presented, self.token):
             return Response(401, _ERROR_BODIES[401], headers={"WWW-Authenticate": "Bearer"})
         path = request.path.split("?", 1)[0]
+        if path == _MESSAGE_PREFIX.rstrip("/") and request.method == "GET":
+            return Response(200, stream=self._stream(list(self.messages.values())))
         if not path.startswith(_MESSAGE_PREFIX):
             return Response(404, b"Route not found", "text/plain")
         rest = path[len(_MESSAGE_PREFIX) :]
