@@ -4,6 +4,7 @@ show and retry, as tables and JSON; and their pure pieces (queue ids, retry rule
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -12,7 +13,8 @@ from uuid import UUID
 
 import pytest
 
-from kanidm_mail_sender.commands import parse_since
+from kanidm_mail_sender.cli import _parser
+from kanidm_mail_sender.commands import Context, dispatch, parse_since
 from kanidm_mail_sender.errors import RetryRefused
 from kanidm_mail_sender.journal import DestinationState, JournalView
 from kanidm_mail_sender.queueid import relay_queue_id
@@ -108,13 +110,28 @@ def test_bad_durations(text: str) -> None:
 
 
 class Scene:
-    """A daemon that has accepted, deferred, rejected and expired one destination each."""
+    """A daemon that has accepted, deferred, rejected and expired one destination each.
 
-    def __init__(self, client: Path, mail: Path, command: Command, ids: dict[str, UUID]) -> None:
-        self.client, self.mail, self.command, self.ids = client, mail, command, ids
+    The commands run in this process, parsed by the CLI's own parser (a Python start per
+    command would cost more than the rest); the last test below runs the real command line.
+    """
+
+    def __init__(self, client: Path, mail: Path, ids: dict[str, UUID]) -> None:
+        self.client, self.mail, self.ids = client, mail, ids
 
     async def cli(self, *args: str) -> tuple[int, str, str]:
-        return await run(self.command(self.client, self.mail, *args))
+        parsed = _parser({}).parse_args(["-c", str(self.client), "-m", str(self.mail), *args])
+        out = io.StringIO()
+        context = Context(
+            client_config=parsed.client_config,
+            mail_config=parsed.mail_sender_config,
+            environ={},
+            out=out,
+            as_json=parsed.json,
+            offline=getattr(parsed, "offline", False),
+        )
+        code = await dispatch(parsed, context)
+        return code, out.getvalue(), ""
 
     async def json(self, *args: str) -> Any:
         code, out, err = await self.cli(*args, "--json")
@@ -163,7 +180,7 @@ async def scene(
     try:
         await wait_for(settled, timeout=30)
         await wait_for(lambda: ids["alice"] in kanidm.sent(), timeout=10)
-        yield Scene(client, mail, daemon_command, ids)
+        yield Scene(client, mail, ids)
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 15)

@@ -46,7 +46,6 @@ from kanidm_mail_sender.logs import configure_logging
 from kanidm_mail_sender.messages import TEMPLATE_KINDS
 from kanidm_mail_sender.preflight import Identity, check_not_root
 from kanidm_mail_sender.probe import probe
-from kanidm_mail_sender.retries import RetryRequest
 from kanidm_mail_sender.signals import HardExit
 
 __all__ = ["EXIT_CONFIG", "EXIT_FATAL", "EXIT_OK", "main"]
@@ -166,16 +165,7 @@ def _operator(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         offline=getattr(args, "offline", False),
     )
     try:
-        if args.command == "status":
-            return _run(commands.status(ctx))
-        if args.command == "queue":
-            return _run(commands.queue(ctx))
-        if args.command == "history":
-            return commands.history(ctx, state=args.state, since=args.since, to=args.to)
-        if args.command == "show":
-            return _run(commands.show(ctx, args.message_id))
-        request = RetryRequest(args.message_id, args.destination, args.resend)
-        return _run(commands.retry(ctx, request))
+        return _run(commands.dispatch(args, ctx))
     except ConfigError as exc:
         print(f"configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG

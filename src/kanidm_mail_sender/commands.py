@@ -7,6 +7,7 @@ print a reset link's secret (the intent id).
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import time
@@ -74,6 +75,19 @@ class Context:
         """JSON with ``--json``, else the table."""
         text = json.dumps(data, indent=2, default=str) if self.as_json else table
         print(text, file=self.out, flush=True)
+
+
+async def dispatch(args: argparse.Namespace, ctx: Context) -> int:
+    """Run the command ``args`` names (as the CLI parsed them); returns the exit code."""
+    if args.command == "status":
+        return await status(ctx)
+    if args.command == "queue":
+        return await queue(ctx)
+    if args.command == "history":
+        return history(ctx, state=args.state, since=args.since, to=args.to)
+    if args.command == "show":
+        return await show(ctx, args.message_id)
+    return await retry(ctx, RetryRequest(args.message_id, args.destination, args.resend))
 
 
 def _when(moment: float | None) -> str:

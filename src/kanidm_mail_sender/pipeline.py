@@ -140,8 +140,12 @@ class MarkPipeline:
         template = self._serialise(_TEMPLATE_ID)
         marker = str(_TEMPLATE_ID).encode()
         self._before_id, _, self._after_id = template.partition(marker)
+        # What the reading state machine is told went out: a POST with a 4-byte body. Only its
+        # framing matters there, so the fewest headers h11 accepts (it writes them each time).
         self._sent_events = (
-            self._request(_TEMPLATE_ID),
+            h11.Request(
+                method="POST", target="/", headers=[("Host", "k"), ("Content-Length", "4")]
+            ),
             h11.Data(data=b"null"),
             h11.EndOfMessage(),
         )
