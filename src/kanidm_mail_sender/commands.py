@@ -173,8 +173,7 @@ async def status(ctx: Context) -> int:
     except StateError:  # no journal yet: reported as empty
         view = None
     if view is not None:
-        for row in view.rows(since=now - RETENTION_SECONDS):
-            counts[row.state] = counts.get(row.state, 0) + 1
+        counts = view.counts(now - RETENTION_SECONDS)
         view.close()
     oldest: dict[str, Any] | None = None
     ready = None

@@ -355,6 +355,17 @@ class JournalView:
             raise StateError(f"{self.path}: cannot read the delivery journal ({exc})") from None
         return [HistoryRow(*row) for row in found]
 
+    def counts(self, since: float) -> dict[str, int]:
+        """Rows per state updated since ``since``."""
+        try:
+            found = self._conn.execute(
+                "SELECT state, count(*) FROM delivery WHERE updated >= ? GROUP BY state",
+                (since,),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot read the delivery journal ({exc})") from None
+        return dict(found)
+
     def close(self) -> None:
         """Close the connection."""
         self._conn.close()
