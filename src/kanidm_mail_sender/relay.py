@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import ssl
 import time
@@ -30,6 +31,13 @@ from kanidm_mail_sender.errors import (
 from kanidm_mail_sender.mail import Envelope
 from kanidm_mail_sender.replies import Stage, Verdict, classify_reply, redact_reply
 from kanidm_mail_sender.smtp_auth import PASSWORD_HINT, SmtpAuth
+from kanidm_mail_sender.smtp_session import (
+    Reply,
+    SessionClosed,
+    SessionError,
+    SessionTimeout,
+    SmtpSession,
+)
 
 __all__ = ["SmtpRelay", "build_tls_context", "classify_smtp_error", "reply_error"]
 
@@ -138,53 +146,130 @@ def _still_valid(not_after: float | None, clock: Callable[[], float]) -> None:
         raise LinkExpired("the reset link expired before the mail went out")
 
 
+def _session_error(exc: SessionError, stage: Stage) -> DeliveryDeferred:
+    """The destination's deferral for a session that broke while ``stage`` was in flight."""
+    if isinstance(exc, SessionTimeout):
+        return DeliveryDeferred(
+            f"the relay did not answer {stage.value} in time ({exc})", transport=True
+        )
+    if isinstance(exc, SessionClosed):
+        return DeliveryDeferred(
+            f"the relay closed the connection during {stage.value} ({exc})",
+            transport=True,
+            disconnected_at=stage.value,
+        )
+    return DeliveryDeferred(
+        f"the session with the relay broke during {stage.value}: {exc}", transport=True
+    )
+
+
+_DOT_LINE = re.compile(rb"(?m)^\.")
+
+
+def _data_block(data: bytes) -> bytes:
+    """The message as sent after 354: lines starting with a dot doubled, then the end dot."""
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    if data.startswith(b".") or b"\n." in data:
+        data = _DOT_LINE.sub(b"..", data)
+    return data + b".\r\n"
+
+
 async def _transaction(
-    conn: aiosmtplib.SMTP,
+    session: SmtpSession,
     envelope: Envelope,
     *,
     not_after: float | None,
     clock: Callable[[], float],
     secrets: tuple[str, ...],
 ) -> str:
-    """MAIL, RCPT and DATA for one recipient; returns the relay's final reply.
+    """MAIL, RCPT and DATA for one recipient, then the message; returns the final reply.
 
-    This is aiosmtplib's ``sendmail`` without its four re-parses of addresses we already
-    checked (a tenth of the CPU per mail), with SMTPUTF8 when an address needs it, and with
-    the link's expiry checked right before DATA: a reset that expired while it waited is
-    never mailed.
+    With PIPELINING (RFC 2920) the three commands go in one write and their replies are
+    mapped back to them in order, so a refused RCPT is still the recipient's own failure;
+    without it, one command per round trip. The link's expiry is checked before MAIL and
+    again right before the message goes out: a reset that expired while it waited is never
+    mailed (after a 354 the only way out is to hang up, which voids the transaction).
     """
     sender, recipient = envelope.sender, envelope.recipient
-    options = [b"SIZE=%d" % len(envelope.data)] if conn.supports_extension("size") else []
+    extensions = session.extensions
+    options = b" SIZE=%d" % len(envelope.data) if "size" in extensions else b""
     if not (sender.isascii() and recipient.isascii()):
-        if not conn.supports_extension("smtputf8"):
+        if "smtputf8" not in extensions:
             raise DeliveryRejected(
                 f"{recipient if not recipient.isascii() else sender} needs SMTPUTF8, "
                 "which the relay does not offer"
             )
-        options.append(b"SMTPUTF8")
+        options += b" SMTPUTF8"
+    commands = (
+        b"MAIL FROM:<%b>%b\r\n" % (sender.encode(), options),
+        b"RCPT TO:<%b>\r\n" % recipient.encode(),
+        b"DATA\r\n",
+    )
     _still_valid(not_after, clock)
     stage = Stage.MAIL
     try:
-        reply = await conn.execute_command(b"MAIL", b"FROM:<%b>" % sender.encode(), *options)
-        if reply.code != 250:
-            raise reply_error(stage, reply.code, reply.message, secrets)
-        stage = Stage.RCPT
-        reply = await conn.execute_command(b"RCPT", b"TO:<%b>" % recipient.encode())
-        if reply.code not in (250, 251):
-            raise reply_error(stage, reply.code, reply.message, secrets)
-        _still_valid(not_after, clock)
+        if session.pipelining:
+            replies = await session.send(b"".join(commands), 3)
+        else:
+            replies = []
+            for stage, command in zip(_COMMAND_STAGES, commands, strict=True):
+                if stage is Stage.DATA:
+                    _still_valid(not_after, clock)
+                (reply,) = await session.send(command, 1)
+                replies.append(reply)
+                if not _taken(stage, reply.code):
+                    break
+        refusal = _refusal(replies, secrets)
+        if refusal is not None:
+            await _recover(session, replies)
+            raise refusal
+        if not_after is not None and clock() >= not_after:
+            session.close()
+            raise LinkExpired("the reset link expired before the mail went out")
         stage = Stage.DATA
-        reply = await conn.data(envelope.data)
-    except RelayError:
-        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-            await conn.rset()  # leave the pooled connection ready for the next mail
-        raise
-    except Exception as exc:
-        if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code != 421:
-            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-                await conn.rset()
-        raise classify_smtp_error(exc, stage, secrets) from exc
-    return reply.message
+        (reply,) = await session.send(_data_block(envelope.data), 1)
+    except SessionError as exc:
+        session.close()
+        raise _session_error(exc, stage) from exc
+    if reply.code != 250:
+        if reply.code == 421:
+            session.close()
+        raise reply_error(Stage.DATA, reply.code, reply.text, secrets)
+    return reply.text
+
+
+_COMMAND_STAGES = (Stage.MAIL, Stage.RCPT, Stage.DATA)
+
+
+def _taken(stage: Stage, code: int) -> bool:
+    """Whether the relay took the command of ``stage`` (251: will forward, a RCPT yes)."""
+    if stage is Stage.DATA:
+        return code == 354
+    return code == 250 or (code == 251 and stage is Stage.RCPT)
+
+
+def _refusal(replies: list[Reply], secrets: tuple[str, ...]) -> RelayError | None:
+    """The error for the first command the relay did not take, if any."""
+    for stage, reply in zip(_COMMAND_STAGES, replies, strict=False):
+        if not _taken(stage, reply.code):
+            return reply_error(stage, reply.code, reply.text, secrets)
+    return None
+
+
+async def _recover(session: SmtpSession, replies: list[Reply]) -> None:
+    """Leave a refused transaction so the connection can carry the next mail, or hang up."""
+    if any(reply.code == 421 for reply in replies) or replies[-1].code == 354:
+        # 421: the relay is closing. 354 after a refusal: the relay would take a message
+        # for a transaction we consider failed; hanging up voids it.
+        session.close()
+        return
+    try:
+        (reply,) = await session.send(b"RSET\r\n", 1)
+    except SessionError:
+        return
+    if reply.code != 250:
+        session.close()
 
 
 class SmtpRelay:
@@ -210,12 +295,12 @@ class SmtpRelay:
         self._command_timeout = command_timeout
         self._idle_timeout = idle_timeout
         self._slots = asyncio.Semaphore(max_connections)
-        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self._idle: list[tuple[SmtpSession, float]] = []
         self.connections_opened = 0
         self.connection_attempts = 0
 
-    async def _connect(self) -> aiosmtplib.SMTP:
-        """A new authenticated connection; every failure is relay-wide (RelayUnavailable)."""
+    async def _connect(self) -> SmtpSession:
+        """A new authenticated session; every failure is relay-wide (RelayUnavailable)."""
         conn = aiosmtplib.SMTP(
             hostname=self.endpoint.host,
             port=self.endpoint.port,
@@ -234,6 +319,9 @@ class SmtpRelay:
             if self.auth is not None:
                 stage = Stage.AUTH
                 await self.auth.authenticate(conn)
+            transport = conn.transport
+            if transport is None or not conn.is_connected:
+                raise aiosmtplib.SMTPServerDisconnected("the relay hung up after the handshake")
         except BaseException as exc:
             conn.close()
             if isinstance(exc, RelayError):
@@ -243,23 +331,27 @@ class SmtpRelay:
                 raise classify_smtp_error(exc, stage, self._secrets(), hint) from exc
             raise
         self.connections_opened += 1
-        return conn
+        return SmtpSession.take_over(
+            transport, conn.esmtp_extensions, timeout=self._command_timeout
+        )
 
-    async def _acquire(self, *, fresh: bool = False) -> tuple[aiosmtplib.SMTP, bool]:
-        """A ready connection, and whether it was reused from the pool."""
+    async def _acquire(self, *, fresh: bool = False) -> tuple[SmtpSession, bool]:
+        """A ready session, and whether it was reused from the pool."""
         now = time.monotonic()
         while self._idle and not fresh:
-            conn, since = self._idle.pop()
-            if not conn.is_connected or now - since > self._idle_timeout:
-                conn.close()
+            session, since = self._idle.pop()
+            if not session.usable or now - since > self._idle_timeout:
+                session.close()
                 continue
             if now - since > _HEALTH_CHECK_AFTER:
                 try:
-                    await conn.noop()
-                except (aiosmtplib.SMTPException, OSError):
-                    conn.close()
+                    (reply,) = await session.send(b"NOOP\r\n", 1)
+                except SessionError:
                     continue
-            return conn, True
+                if reply.code != 250:
+                    session.close()
+                    continue
+            return session, True
         return await self._connect(), False
 
     async def send(
@@ -271,64 +363,59 @@ class SmtpRelay:
     ) -> str:
         """Relay one envelope; returns the relay's reply, or raises a RelayError subclass.
 
-        ``not_after`` (Unix time) is checked before MAIL and before DATA: past it, nothing is
-        sent and LinkExpired is raised.
+        ``not_after`` (Unix time) is checked before MAIL and before the message: past it,
+        nothing is sent and LinkExpired is raised.
         """
         async with self._slots:
             for fresh_retry in (False, True):
-                conn, reused = await self._acquire(fresh=fresh_retry)
+                session, reused = await self._acquire(fresh=fresh_retry)
                 try:
                     reply = await _transaction(
-                        conn, envelope, not_after=not_after, clock=clock, secrets=self._secrets()
+                        session,
+                        envelope,
+                        not_after=not_after,
+                        clock=clock,
+                        secrets=self._secrets(),
                     )
                 except DeliveryDeferred as exc:
-                    conn.close()
+                    session.close()
                     # A kept-alive connection the relay dropped while idle fails at MAIL;
                     # that is not the destination's fault: once more on a fresh one.
                     if reused and exc.disconnected_at == Stage.MAIL.value:
                         continue
                     raise
-                except (LinkExpired, DeliveryRejected):
-                    self._release(conn)
-                    raise
                 except BaseException:
-                    conn.close()
+                    self._release(session)  # kept only when it is still clean
                     raise
-                self._release(conn)
+                self._release(session)
                 return reply
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _secrets(self) -> tuple[str, ...]:
         return self.auth.secrets() if self.auth is not None else ()
 
-    def _release(self, conn: aiosmtplib.SMTP) -> None:
-        if conn.is_connected:
-            self._idle.append((conn, time.monotonic()))
+    def _release(self, session: SmtpSession) -> None:
+        if session.usable:
+            self._idle.append((session, time.monotonic()))
+        else:
+            session.close()
 
     async def check(self) -> None:
         """Connect, negotiate TLS and authenticate, then hang up without sending."""
-        conn = await self._connect()
-        try:
-            await asyncio.wait_for(conn.quit(), _QUIT_TIMEOUT)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            conn.close()
+        await _quit(await self._connect())
 
     async def close(self) -> None:
         """Say QUIT on every pooled connection, all at once and within a bound."""
         idle, self._idle = self._idle, []
-
-        async def quit_one(conn: aiosmtplib.SMTP) -> None:
-            try:
-                await conn.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                conn.close()
-
-        tasks = [asyncio.create_task(quit_one(conn)) for conn, _ in idle]
-        if tasks:
-            await asyncio.wait(tasks, timeout=_QUIT_TIMEOUT)
-        for conn, _ in idle:
-            conn.close()
-        for task in tasks:
-            task.cancel()
+        if idle:
+            await asyncio.gather(*(_quit(session) for session, _ in idle))
         if self.auth is not None:
             await self.auth.aclose()
+
+
+async def _quit(session: SmtpSession) -> None:
+    """QUIT, waiting at most ``_QUIT_TIMEOUT`` for the relay's 221, then hang up."""
+    with contextlib.suppress(SessionError, TimeoutError):
+        async with asyncio.timeout(_QUIT_TIMEOUT):
+            await session.send(b"QUIT\r\n", 1)
+    session.close()

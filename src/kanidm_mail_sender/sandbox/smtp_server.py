@@ -65,6 +65,19 @@ class _Handler:
     def __init__(self, stand_in: SmtpStandIn) -> None:
         self._s = stand_in
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self._s.pipelining:  # aiosmtpd reads commands in order, so it can say so
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(
         self,
         server: SMTP,
@@ -196,8 +209,10 @@ class SmtpStandIn:
         keep: bool = True,
         smtputf8: bool = True,
         xoauth2: Callable[[str, str], bool] | None = None,
+        pipelining: bool = True,
     ) -> None:
         self.certs = certs
+        self.pipelining = pipelining
         self.smtputf8 = smtputf8
         self.mode = mode
         self.auth = auth
