@@ -154,6 +154,31 @@ class Journal:
         reply: str | None = None,
     ) -> None:
         """Write one row; returns once it is committed to disk, or raises StateError."""
+        await asyncio.shield(
+            self.submit(
+                message_id,
+                destination,
+                state,
+                now=now,
+                attempts=attempts,
+                next_attempt=next_attempt,
+                reply=reply,
+            )
+        )
+
+    def submit(
+        self,
+        message_id: UUID,
+        destination: str,
+        state: str,
+        *,
+        now: float,
+        attempts: int = 0,
+        next_attempt: float | None = None,
+        reply: str | None = None,
+    ) -> asyncio.Future[None]:
+        """Queue one row for the next group commit; the future ends when it is on disk (or
+        with StateError). The caller goes on meanwhile, so more rows share each commit."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._pending.append(
@@ -171,7 +196,7 @@ class Journal:
         self._waiters.append(waiter)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        await asyncio.shield(waiter)
+        return waiter
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()

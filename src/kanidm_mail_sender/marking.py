@@ -134,7 +134,7 @@ class MarkStage:
                     return
                 continue
             self._metrics.marked_sent.inc()
-            log.info("message.marked_sent", message_id=str(message_id))
+            log.debug("message.marked_sent", message_id=str(message_id))
             failures = self._incident.ended()
             if failures:
                 log.info("kanidm.mark_recovered", failures=failures)

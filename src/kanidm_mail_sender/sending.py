@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 import structlog
@@ -151,26 +152,55 @@ class SendStage:
                     self._inflight.release(message_id)
 
     async def _send_job(self, job: Job) -> bool:
-        """Every due destination; True when the message went on to marking."""
+        """Every due destination; True when the message went on (to its commit, then marking).
+
+        The worker does not wait for the journal to commit an acceptance: the mark follows
+        the commit (a callback), and the worker takes its next job at once, so one commit
+        carries the acceptances of several connections. Until then the message stays in
+        flight, so no poll can plan it again from a journal that lacks the row.
+        """
         message, accepted = job.message, set(job.plan.accepted)
+        commits: list[asyncio.Future[None]] = []
         for destination in job.plan.due:
             attempts = job.plan.attempts.get(destination, 0) + 1
-            outcome = await self._deliver(message, destination, attempts)
+            outcome = await self._deliver(message, destination, attempts, commits)
             if outcome is None:  # stopping, or the link expired
                 if self._stopping.is_set():
                     self.abandoned.append(message.id)
+                await _committed(commits)
                 return False
             if outcome:
                 accepted.add(destination)
-        if len(accepted) == len(message.destinations):
+        if len(accepted) < len(message.destinations):
+            await _committed(commits)
+            return False
+        if not commits:
             self._marks.submit(message.id)
-            return True
-        return False
+        else:
+            done = commits[0] if len(commits) == 1 else asyncio.gather(*commits)
+            done.add_done_callback(functools.partial(self._commit_ended, message.id))
+        return True
+
+    def _commit_ended(self, message_id: UUID, commit: asyncio.Future[Any]) -> None:
+        failure = commit.exception()
+        if failure is None:
+            self._marks.submit(message_id)
+            return
+        self._inflight.release(message_id)
+        if isinstance(failure, StateError):
+            self._on_fatal(failure)  # without a journal we cannot promise "never twice"
+        else:  # pragma: no cover - the journal only fails with StateError
+            log.error("engine.worker_error", message_id=str(message_id), error=repr(failure))
 
     async def _deliver(
-        self, message: QueuedMessage, destination: str, attempts: int
+        self,
+        message: QueuedMessage,
+        destination: str,
+        attempts: int,
+        commits: list[asyncio.Future[None]],
     ) -> bool | None:
-        """True: accepted; False: failed for this destination; None: stop here."""
+        """True: accepted (its journal commit appended to ``commits``); False: failed for
+        this destination; None: stop here."""
         ids = {"message_id": str(message.id), "destination": destination}
         not_after = expires_at(message)
         while True:
@@ -191,13 +221,15 @@ class SendStage:
                     continue
                 return None if verdict == "stop" else False
             self._report(self._health.succeeded(started), counted=True)
-            await self._journal.record(
-                message.id,
-                destination,
-                ACCEPTED,
-                now=self._clock(),
-                attempts=attempts,
-                reply=reply[:500],
+            commits.append(
+                self._journal.submit(
+                    message.id,
+                    destination,
+                    ACCEPTED,
+                    now=self._clock(),
+                    attempts=attempts,
+                    reply=reply[:500],
+                )
             )
             self._metrics.delivered.inc()
             self._metrics.relay_ok()
@@ -407,3 +439,10 @@ class SendStage:
         elif change is Change.RECOVERED:
             failures = self._relay_log.ended()
             log.info("relay.recovered", incidents=failures, concurrency=health.limit)
+
+
+async def _committed(commits: list[asyncio.Future[None]]) -> None:
+    """Wait for every commit in ``commits``, even if cancelled meanwhile: a message is only
+    let go once the journal holds what was accepted of it."""
+    if commits:
+        await asyncio.shield(asyncio.gather(*commits))
