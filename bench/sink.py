@@ -3,7 +3,9 @@
 aiosmtpd costs more CPU per message than the client under test, so it would measure itself;
 this sink does the least an SMTP server can. Usage: sink.py CERT KEY PORTFILE [DELAY_MS]
 
-DELAY_MS holds back every reply, like a relay across a network instead of on loopback.
+DELAY_MS holds back every reply, like a relay across a network instead of on loopback: each
+reply leaves DELAY_MS after its command arrived, in order, so commands sent together
+(PIPELINING, which the sink offers) are answered together, as over a real link.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ DELAY = 0.0
 
 async def reply(writer: asyncio.StreamWriter, data: bytes) -> None:
     if DELAY:
-        await asyncio.sleep(DELAY)
+        asyncio.get_running_loop().call_later(DELAY, writer.write, data)
+        return
     writer.write(data)
     await writer.drain()
 
@@ -34,7 +37,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 break
             verb = line[:4].upper()
             if verb == b"EHLO":
-                await reply(writer, b"250-sink\r\n250-8BITMIME\r\n250 SIZE 10485760\r\n")
+                await reply(
+                    writer, b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10485760\r\n"
+                )
             elif verb == b"DATA":
                 await reply(writer, b"354 go ahead\r\n")
                 await reader.readuntil(b"\r\n.\r\n")
@@ -42,6 +47,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 await reply(writer, b"250 2.0.0 queued\r\n")
             elif verb == b"QUIT":
                 await reply(writer, b"221 bye\r\n")
+                await asyncio.sleep(DELAY)  # the 221 leaves first
                 break
             else:
                 await reply(writer, b"250 ok\r\n")

@@ -115,18 +115,22 @@ class SmtpSession(asyncio.Protocol):
             if self._failure is not None:
                 raise self._failure
             self._wanted = count
-            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            # One timer handle per wait: asyncio.timeout() costs several times as much, and
+            # this runs twice per mail.
+            timer = loop.call_later(self._timeout, self._time_out, waiter)
             try:
-                async with asyncio.timeout(self._timeout):
-                    await waiter
-            except TimeoutError:
-                failure = SessionTimeout(f"no reply within {self._timeout:g} s")
-                self._fail(failure)
-                raise failure from None
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
         self._owed -= count
         return [self._replies.popleft() for _ in range(count)]
+
+    def _time_out(self, waiter: asyncio.Future[None]) -> None:
+        if waiter is self._waiter:
+            self._fail(SessionTimeout(f"no reply within {self._timeout:g} s"))
 
     def close(self) -> None:
         """Hang up at once; a transaction without its final dot is then void (RFC 5321)."""
