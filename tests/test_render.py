@@ -166,3 +166,17 @@ def test_message_id_is_stable_per_destination() -> None:
     assert a == stable_message_id(MID, "a@example.com", "i@example.org")
     assert a != stable_message_id(MID, "b@example.com", "i@example.org")
     assert a.endswith("@example.org>")
+
+
+def test_a_template_of_instance_settings_only_is_rendered_once(tmp_path: Path) -> None:
+    (tmp_path / "test_message_v1.subject.j2").write_text("{{ instance_display_name }} says hi\n")
+    (tmp_path / "test_message_v1.txt.j2").write_text("{{ ['a', 'b'] | random }} {{ kind }}\n")
+    r = renderer(tmp_path, name="K")
+    mails = [
+        r.render(TestMessageV1(name), message_id=MID, destination="a@x.org")
+        for name in ("Ann", "Bob") * 20
+    ]
+    assert {mail.subject for mail in mails} == {"K says hi"}
+    assert {mail.text for mail in mails} == {"a test_message_v1\n", "b test_message_v1\n"}
+    reset = r.render(RESET, message_id=MID, destination="a@x.org")
+    assert reset.subject == "K: Credential Reset Link"  # the built-in subject, per kind

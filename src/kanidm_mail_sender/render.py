@@ -17,6 +17,8 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from uuid import UUID
 
 import jinja2
+import jinja2.meta
+import jinja2.nodes
 
 from kanidm_mail_sender.errors import TemplateError
 from kanidm_mail_sender.messages import (
@@ -61,6 +63,9 @@ def sample_template(kind: str, now: datetime) -> Template:
     raise TemplateError(f"unknown message kind {kind!r}; known kinds: {', '.join(TEMPLATE_KINDS)}")
 
 
+_INSTANCE_VARIABLES = frozenset({"instance_display_name", "instance_url", "kind"})
+
+
 def _autoescape(name: str | None) -> bool:
     return bool(name and name.endswith(".html.j2"))
 
@@ -87,6 +92,15 @@ class Renderer:
         self._display_name = instance_display_name
         self._instance_url = instance_url
         self._templates = {kind: self._load(kind) for kind in TEMPLATE_KINDS}
+        # A template that reads only the instance's settings renders the same for every
+        # mail (the built-in subjects): rendered once, at its first use.
+        self._constant: dict[jinja2.Template, str] = {}
+        self._varies = {
+            template
+            for parts in self._templates.values()
+            for template in parts
+            if template is not None and not self._instance_only(template)
+        }
 
     def _load(self, kind: str) -> tuple[jinja2.Template, jinja2.Template, jinja2.Template | None]:
         def get(name: str, required: bool) -> jinja2.Template | None:
@@ -106,6 +120,21 @@ class Renderer:
         assert subject is not None
         assert text is not None
         return subject, text, get(f"{kind}.html.j2", False)
+
+    def _instance_only(self, template: jinja2.Template) -> bool:
+        """Whether ``template`` (with nothing it includes or extends) reads only the
+        instance's settings, so that its output is the same for every mail."""
+        name = template.name
+        loader = self._env.loader
+        if name is None or loader is None:
+            return False
+        source, _, _ = loader.get_source(self._env, name)
+        tree = self._env.parse(source)
+        if any(True for _ in jinja2.meta.find_referenced_templates(tree)):
+            return False
+        if any(f.name == "random" for f in tree.find_all(jinja2.nodes.Filter)):
+            return False  # the one built-in filter whose output is not fixed by its input
+        return jinja2.meta.find_undeclared_variables(tree) <= _INSTANCE_VARIABLES
 
     def sources(self, kind: str) -> list[str]:
         """Where each template file of ``kind`` was loaded from."""
@@ -142,8 +171,16 @@ class Renderer:
             html=None if html_t is None else self._run(html_t, context),
         )
 
+    def _run(self, template: jinja2.Template, context: dict[str, Any]) -> str:
+        if template in self._varies:
+            return self._render(template, context)
+        text = self._constant.get(template)
+        if text is None:
+            text = self._constant[template] = self._render(template, context)
+        return text
+
     @staticmethod
-    def _run(template: jinja2.Template, context: dict[str, Any]) -> str:
+    def _render(template: jinja2.Template, context: dict[str, Any]) -> str:
         try:
             return template.render(context)
         except jinja2.TemplateError as exc:
