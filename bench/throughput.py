@@ -256,12 +256,15 @@ class Bench:
         await proc.wait()
         return result
 
-    async def run_smtp_only(self, n: int, concurrency: int) -> dict[str, float]:
+    async def run_smtp_only(
+        self, n: int, concurrency: int, client: str = "aiosmtplib"
+    ) -> dict[str, float]:
         """The SMTP-only ceiling for ``n`` mails over ``concurrency`` connections."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "bench.smtp_only",
+            client,
             str(self.certs.ca_path),
             str(self.sink_port),
             str(n),
@@ -405,6 +408,8 @@ async def main() -> None:
                 if not args.profile:
                     ceilings[n] = await bench.run_smtp_only(n, 4)
                     row("(d) SMTP-only ceiling, 4 connections", n, ceilings[n])
+                    ours = await bench.run_smtp_only(n, 4, "ours")
+                    row("(e) our SMTP path alone, 4 connections", n, ours)
             if args.only_daemon:
                 return
             n = args.compare_size
