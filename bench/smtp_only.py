@@ -14,6 +14,7 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import resource
 import ssl
@@ -39,12 +40,12 @@ async def bare_aiosmtplib(
     ca: str, port: int, concurrency: int
 ) -> list[Callable[[], Awaitable[object]]]:
     tls = ssl.create_default_context(cafile=ca)
-    senders = []
+    senders: list[Callable[[], Awaitable[object]]] = []
     for _ in range(concurrency):
         smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, use_tls=True, tls_context=tls)
         await smtp.connect()
         senders.append(
-            lambda smtp=smtp: smtp.sendmail("idm@example.com", ["user@example.com"], MAIL)
+            functools.partial(smtp.sendmail, "idm@example.com", ["user@example.com"], MAIL)
         )
     return senders
 
