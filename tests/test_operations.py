@@ -14,7 +14,14 @@ import httpx
 import pytest
 
 from kanidm_mail_sender.errors import AlreadyRunning, ConfigError, PreflightError, StateError
-from kanidm_mail_sender.journal import ACCEPTED, RETENTION_SECONDS, Journal
+from kanidm_mail_sender.journal import (
+    ACCEPTED,
+    DEFERRED,
+    REJECTED,
+    RETENTION_SECONDS,
+    STATES_BATCH,
+    Journal,
+)
 from kanidm_mail_sender.metrics import start_metrics_server
 from kanidm_mail_sender.preflight import Identity, check_config_file, check_not_root
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
@@ -178,3 +185,21 @@ async def test_graceful_stop_finishes_in_flight_send_and_mark(
     assert not cut_off
     assert len(relay.mails) == 1
     assert kanidm.sent() == [message]
+
+
+async def test_states_of_reads_many_messages_in_one_query(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    try:
+        ids = [uuid4() for _ in range(STATES_BATCH)]
+        await journal.record(ids[0], "a@example.com", ACCEPTED, now=1.0, attempts=1)
+        await journal.record(ids[0], "b@example.com", DEFERRED, now=1.0, attempts=2)
+        await journal.record(ids[-1], "c@example.com", REJECTED, now=1.0, reply="550 no")
+        found = journal.states_of(ids)
+        assert set(found) == {ids[0], ids[-1]}
+        assert found[ids[0]] == journal.states(ids[0])
+        assert found[ids[-1]]["c@example.com"].reply == "550 no"
+        assert journal.states_of([]) == {}
+        with pytest.raises(ValueError, match="at most"):
+            journal.states_of([*ids, uuid4()])
+    finally:
+        journal.close()

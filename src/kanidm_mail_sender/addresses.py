@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 
 __all__ = ["check_address", "domain_of"]
 
@@ -14,6 +15,15 @@ _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 def _check_domain(domain: str) -> None:
+    problem = _domain_problem(domain)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+@lru_cache(maxsize=1024)
+def _domain_problem(domain: str) -> str | None:
+    """Why ``domain`` is not a valid mail domain, or None; cached, as a queue's addresses
+    share a few domains and the IDNA codec is a noticeable share of a mail's CPU."""
     if domain.startswith("[") and domain.endswith("]"):
         literal = domain[1:-1]
         if literal.lower().startswith("ipv6:"):
@@ -21,15 +31,16 @@ def _check_domain(domain: str) -> None:
         try:
             ipaddress.ip_address(literal)
         except ValueError:
-            raise ValueError(f"{domain!r} is not a valid address literal") from None
-        return
+            return f"{domain!r} is not a valid address literal"
+        return None
     try:
         ascii_domain = domain.encode("idna").decode("ascii")
     except UnicodeError:
-        raise ValueError(f"the domain {domain!r} is not a valid host name") from None
+        return f"the domain {domain!r} is not a valid host name"
     labels = ascii_domain.rstrip(".").split(".")
     if not ascii_domain or len(ascii_domain) > 253 or not all(map(_LABEL.fullmatch, labels)):
-        raise ValueError(f"the domain {domain!r} is not a valid host name")
+        return f"the domain {domain!r} is not a valid host name"
+    return None
 
 
 def check_address(text: str) -> str:

@@ -38,7 +38,6 @@ from kanidm_mail_sender.limits import raise_open_files_limit
 from kanidm_mail_sender.mail import MailIdentity, build_message
 from kanidm_mail_sender.messages import TestMessageV1
 from kanidm_mail_sender.metrics import Metrics, start_metrics_server
-from kanidm_mail_sender.oauth import TokenSource
 from kanidm_mail_sender.pipeline import build_mark_pipeline, proxied
 from kanidm_mail_sender.preflight import Identity, check_config_file
 from kanidm_mail_sender.relay import SmtpRelay, build_tls_context
@@ -101,6 +100,10 @@ def make_auth(config: MailSenderConfig, tls_context: ssl.SSLContext) -> SmtpAuth
     """How relay connections authenticate: XOAUTH2, a password, or not at all."""
     oauth2 = config.oauth2()
     if oauth2 is not None:
+        # Imported here: Authlib and its JOSE stack cost about 20 MB and 0.15 s at start,
+        # which a relay with a password (most of them) should not pay.
+        from kanidm_mail_sender.oauth import TokenSource
+
         # The token endpoint is trusted as the relay is: system store plus mail_ca_path.
         tokens = TokenSource(oauth2, tls_context=tls_context, timeout=config.http_timeout_seconds)
         return XOAuth2Auth(oauth2.username, tokens)

@@ -10,6 +10,7 @@ interval) does not hold the poll: the rest of the list is gone through without q
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -24,7 +25,13 @@ from kanidm_mail_sender.delivery import NO_DESTINATION, Action, backoff_delay, p
 from kanidm_mail_sender.errors import KanidmAuthError, KanidmError, KanidmNotFound
 from kanidm_mail_sender.incident import Incident
 from kanidm_mail_sender.inflight import InFlight, Phase, StageContext
-from kanidm_mail_sender.journal import EXPIRED, REJECTED, Journal
+from kanidm_mail_sender.journal import (
+    EXPIRED,
+    REJECTED,
+    STATES_BATCH,
+    DestinationState,
+    Journal,
+)
 from kanidm_mail_sender.marking import MarkStage
 from kanidm_mail_sender.messages import MalformedMessage, QueuedMessage, parse_resource
 from kanidm_mail_sender.sending import Job
@@ -122,6 +129,8 @@ class Dispatcher:
         if self._stopping.is_set() or now < self._retry_at:
             return
         count = logged = suppressed = 0
+        batch: list[QueuedMessage] = []  # routed together: one journal query for them all
+        batch_started = 0.0
         self.overflowed = 0
         oldest: datetime | None = None
         try:
@@ -140,7 +149,15 @@ class Dispatcher:
                     sent_after = message.send_after
                     if sent_after is not None and (oldest is None or sent_after < oldest):
                         oldest = sent_after
-                    await self._route(message, feed_seconds)
+                    if not batch:
+                        batch_started = time.monotonic()
+                    batch.append(message)
+                    # A slow list must not hold entries back: a batch waits 50 ms at most.
+                    if len(batch) == STATES_BATCH or time.monotonic() - batch_started > 0.05:
+                        await self._route_batch(batch, feed_seconds)
+                        batch.clear()
+                if batch:
+                    await self._route_batch(batch, feed_seconds)
         except KanidmAuthError as exc:
             self._on_fatal(exc)
             return
@@ -153,6 +170,8 @@ class Dispatcher:
             )
             return
         except KanidmError as exc:
+            # The entries read before the list broke off still go (as without batching).
+            await self._route_batch(batch, feed_seconds)
             self._failed(exc)
             return
         self._succeeded(count, oldest, suppressed)
@@ -217,11 +236,26 @@ class Dispatcher:
         )
         return True
 
-    async def _route(self, message: QueuedMessage, feed_seconds: float | None) -> None:
-        if message.id in self._inflight:
+    async def _route_batch(self, batch: list[QueuedMessage], feed_seconds: float | None) -> None:
+        waiting = [message for message in batch if message.id not in self._inflight]
+        if not waiting:
+            return
+        states = self._journal.states_of([message.id for message in waiting])
+        for message in waiting:
+            if self._stopping.is_set():
+                return
+            await self._route(message, states.get(message.id, {}), feed_seconds)
+
+    async def _route(
+        self,
+        message: QueuedMessage,
+        journal: dict[str, DestinationState],
+        feed_seconds: float | None,
+    ) -> None:
+        if message.id in self._inflight:  # listed twice, or taken meanwhile
             return
         now = self._clock()
-        plan = plan_message(message, self._journal.states(message.id), now)
+        plan = plan_message(message, journal, now)
         if plan.action is Action.SEND:
             await self._enqueue(Job(message, plan), feed_seconds)
         elif plan.action is Action.MARK:

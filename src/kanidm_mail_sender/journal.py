@@ -26,6 +26,7 @@ __all__ = [
     "DEFERRED",
     "EXPIRED",
     "REJECTED",
+    "STATES_BATCH",
     "DestinationState",
     "HistoryRow",
     "Journal",
@@ -64,6 +65,14 @@ ON CONFLICT (message_id, destination) DO UPDATE SET
     state = excluded.state, attempts = excluded.attempts,
     next_attempt = excluded.next_attempt, reply = excluded.reply, updated = excluded.updated
 """
+
+
+STATES_BATCH = 64
+# A fixed number of placeholders and no data in the text.
+_STATES_OF = (
+    "SELECT message_id, destination, state, attempts, next_attempt, reply FROM delivery "  # noqa: S608
+    f"WHERE message_id IN ({', '.join('?' * STATES_BATCH)})"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +150,19 @@ class Journal:
             (str(message_id),),
         ).fetchall()
         return {row[0]: DestinationState(*row[1:]) for row in rows}
+
+    def states_of(self, message_ids: list[UUID]) -> dict[UUID, dict[str, DestinationState]]:
+        """``states`` for up to ``STATES_BATCH`` messages in one query (those with no row
+        are left out): one query per batch of a poll instead of one per entry."""
+        keys = {str(message_id): message_id for message_id in message_ids}
+        if len(keys) > STATES_BATCH:
+            raise ValueError(f"at most {STATES_BATCH} messages per call")
+        # Always as many parameters, padded with an id no row has: one cached statement.
+        padded = [*keys, *[""] * (STATES_BATCH - len(keys))]
+        found: dict[UUID, dict[str, DestinationState]] = {}
+        for key, destination, *state in self._reader.execute(_STATES_OF, padded):
+            found.setdefault(keys[key], {})[destination] = DestinationState(*state)
+        return found
 
     async def record(
         self,

@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
 __all__ = ["KEYS", "Grant", "OAuth2Settings", "ServiceAccount", "oauth2_settings"]
 
 KEYS = (
@@ -95,6 +92,10 @@ def parse_service_account(text: str) -> ServiceAccount:
     email, key = data.get("client_email"), data.get("private_key")
     if not isinstance(email, str) or not email or not isinstance(key, str):
         raise ValueError('lacks "client_email" or "private_key"; download a new JSON key')
+    # Imported here: only a service-account key needs cryptography (megabytes at start).
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     try:
         loaded = load_pem_private_key(key.encode(), password=None)
     except (ValueError, TypeError):

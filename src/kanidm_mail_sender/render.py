@@ -11,9 +11,10 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlencode, urlsplit, urlunsplit
 from uuid import UUID
 
 import jinja2
@@ -44,10 +45,15 @@ class RenderedMail:
 
 def action_url(instance_url: str, path: str, intent_id: str) -> str:
     """Upstream's link rule: replace the path, append ``token=<intent_id>`` to the query."""
-    parts = urlsplit(instance_url)
+    parts = _split(instance_url)
     token = urlencode({"token": intent_id})
     query = f"{parts.query}&{token}" if parts.query else token
     return urlunsplit((parts.scheme, parts.netloc, path, query, parts.fragment))
+
+
+@lru_cache(maxsize=4)
+def _split(url: str) -> SplitResult:
+    return urlsplit(url)  # one instance_url: split once, not for every link
 
 
 def sample_template(kind: str, now: datetime) -> Template:

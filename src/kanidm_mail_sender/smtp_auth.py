@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiosmtplib
 
-from kanidm_mail_sender.oauth import TokenSource
+if TYPE_CHECKING:  # only XOAUTH2 relays load Authlib (see app.make_auth)
+    from kanidm_mail_sender.oauth import TokenSource
 
 __all__ = ["PASSWORD_HINT", "PasswordAuth", "SmtpAuth", "XOAuth2Auth"]
 
