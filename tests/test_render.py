@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
@@ -180,3 +181,10 @@ def test_a_template_of_instance_settings_only_is_rendered_once(tmp_path: Path) -
     assert {mail.text for mail in mails} == {"a test_message_v1\n", "b test_message_v1\n"}
     reset = r.render(RESET, message_id=MID, destination="a@x.org")
     assert reset.subject == "K: Credential Reset Link"  # the built-in subject, per kind
+
+
+@pytest.mark.parametrize("name", ["a@example.com", "", "jösé@exämple.test", "x" * 300])
+def test_the_message_id_is_the_stdlib_uuid5(name: str) -> None:
+    for namespace in (MID, UUID(int=0), UUID(int=2**128 - 1)):
+        expected = f"<{uuid.uuid5(namespace, name.lower())}@example.org>"
+        assert stable_message_id(namespace, name, "i@example.org") == expected
