@@ -4,8 +4,9 @@ aiosmtpd costs more CPU per message than the client under test, so it would meas
 this sink does the least an SMTP server can. Usage: sink.py CERT KEY PORTFILE [DELAY_MS]
 
 DELAY_MS holds back every reply, like a relay across a network instead of on loopback: each
-reply leaves DELAY_MS after its command arrived, in order, so commands sent together
-(PIPELINING, which the sink offers) are answered together, as over a real link.
+reply leaves DELAY_MS after its command arrived, in order. The replies to commands that came
+in together (PIPELINING, which the sink offers) leave together in one write, as a real
+relay such as Postfix flushes its replies once it has read all the input it had.
 """
 
 from __future__ import annotations
@@ -19,38 +20,52 @@ COUNT = 0
 DELAY = 0.0
 
 
-async def reply(writer: asyncio.StreamWriter, data: bytes) -> None:
-    if DELAY:
-        asyncio.get_running_loop().call_later(DELAY, writer.write, data)
-        return
-    writer.write(data)
-    await writer.drain()
+class Replies:
+    """The replies of one connection not yet written, flushed DELAY after the first."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._pending: list[bytes] = []
+
+    async def add(self, data: bytes) -> None:
+        if not DELAY:
+            self._writer.write(data)
+            await self._writer.drain()
+            return
+        if not self._pending:
+            asyncio.get_running_loop().call_later(DELAY, self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        data, self._pending = b"".join(self._pending), []
+        if not self._writer.is_closing():
+            self._writer.write(data)
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     global COUNT
+    replies = Replies(writer)
+    reply = replies.add
     try:
-        await reply(writer, b"220 sink ESMTP\r\n")
+        await reply(b"220 sink ESMTP\r\n")
         while True:
             line = await reader.readline()
             if not line:
                 break
             verb = line[:4].upper()
             if verb == b"EHLO":
-                await reply(
-                    writer, b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10485760\r\n"
-                )
+                await reply(b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10485760\r\n")
             elif verb == b"DATA":
-                await reply(writer, b"354 go ahead\r\n")
+                await reply(b"354 go ahead\r\n")
                 await reader.readuntil(b"\r\n.\r\n")
                 COUNT += 1
-                await reply(writer, b"250 2.0.0 queued\r\n")
+                await reply(b"250 2.0.0 queued\r\n")
             elif verb == b"QUIT":
-                await reply(writer, b"221 bye\r\n")
+                await reply(b"221 bye\r\n")
                 await asyncio.sleep(DELAY)  # the 221 leaves first
                 break
             else:
-                await reply(writer, b"250 ok\r\n")
+                await reply(b"250 ok\r\n")
     except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
         pass
     finally:

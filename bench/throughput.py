@@ -378,6 +378,9 @@ async def main() -> None:
     parser.add_argument(
         "--only-daemon", action="store_true", help="skip the comparison runs and the idle figures"
     )
+    parser.add_argument(
+        "--only-network", action="store_true", help="only the relay-across-a-network comparison"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kms-bench-") as tmp:
         bench = Bench(Path(tmp), args.profile, args.sink)
@@ -399,6 +402,9 @@ async def main() -> None:
                 f"{'run':<40} {'msgs':>7} {'msg/s':>7} {'CPU s/1k':>9} {'peak MB':>9} "
                 f"{'Kanidm':>9} {'sink':>7}"
             )
+            if args.only_network:
+                await network(bench, args.network_delay_ms or 1.0, args.network_size)
+                return
             results, ceilings = {}, {}
             for i, n in enumerate(int(x) for x in args.sizes.split(",")):
                 results[n] = await bench.run_daemon(f"daemon-{i}-{n}", n)
