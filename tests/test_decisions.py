@@ -12,6 +12,7 @@ import pytest
 from kanidm_mail_sender.delivery import NO_DESTINATION, Action, backoff_delay, plan_message
 from kanidm_mail_sender.dispatch import ReportedOnce
 from kanidm_mail_sender.journal import ACCEPTED, DEFERRED, EXPIRED, REJECTED, DestinationState
+from kanidm_mail_sender.marking import RecentMarks
 from kanidm_mail_sender.messages import CredentialResetV1, QueuedMessage, TestMessageV1
 from kanidm_mail_sender.relay_health import Change, HealthSettings, RelayHealth
 from kanidm_mail_sender.replies import Stage, Verdict, classify_reply, is_throttle, redact_reply
@@ -228,3 +229,22 @@ def test_a_send_admitted_before_the_incident_does_not_end_it() -> None:
     assert not h.start(4)
     assert h.start(20)  # the probe, after the pause
     assert h.succeeded(20) is Change.RECOVERED
+
+
+def test_recent_marks_are_bounded_in_number_and_time() -> None:
+    now = [0.0]
+    recent = RecentMarks(capacity=3, ttl=10, clock=lambda: now[0])
+    ids = [uuid4() for _ in range(4)]
+    for message_id in ids:
+        recent.add(message_id)
+    assert len(recent) == 3
+    assert ids[0] not in recent  # the oldest went first
+    assert all(message_id in recent for message_id in ids[1:])
+    assert "not a uuid" not in recent
+    now[0] = 10.5
+    assert ids[1] not in recent  # too old: a lost mark is made again
+    assert len(recent) == 2
+    recent.add(ids[2])  # marked again: fresh
+    now[0] = 20.6
+    assert ids[2] not in recent
+    assert ids[3] not in recent

@@ -368,3 +368,17 @@ async def test_fault_campaign(
         if e["event"] in ("message.expired", "mail.rejected", "message.skipped")
     }
     assert {str(i) for i in [*expired, *rejected, *unknown]} <= explained
+
+
+async def test_a_list_made_before_the_marks_landed_marks_nothing_again(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
+) -> None:
+    ids = [kanidm.queue_test_message(f"user{i}@example.com") for i in range(5)]
+    harness = harness_factory()
+    await harness.cycle()
+    assert all(kanidm.mark_calls[i] == 1 for i in ids)
+    for message_id in ids:  # Kanidm answers the next list as if the marks had not landed
+        kanidm.messages[message_id].sent_at = None
+    await harness.cycle()
+    assert all(kanidm.mark_calls[i] == 1 for i in ids)
+    assert len(relay.mails) == 5

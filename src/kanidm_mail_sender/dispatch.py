@@ -237,7 +237,9 @@ class Dispatcher:
         return True
 
     async def _route_batch(self, batch: list[QueuedMessage], feed_seconds: float | None) -> None:
-        waiting = [message for message in batch if message.id not in self._inflight]
+        inflight, marked = self._inflight, self._marks.recent
+        # Marked a moment ago: the list was made before the mark landed.
+        waiting = [m for m in batch if m.id not in inflight and m.id not in marked]
         if not waiting:
             return
         states = self._journal.states_of([message.id for message in waiting])

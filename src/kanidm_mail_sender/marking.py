@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
@@ -21,7 +24,7 @@ from kanidm_mail_sender.errors import KanidmAuthError, KanidmError, KanidmNotFou
 from kanidm_mail_sender.incident import Incident
 from kanidm_mail_sender.inflight import Phase, StageContext
 
-__all__ = ["MarkSettings", "MarkStage", "Marker"]
+__all__ = ["MarkSettings", "MarkStage", "Marker", "RecentMarks"]
 
 log = structlog.get_logger("kanidm_mail_sender.marking")
 
@@ -32,11 +35,53 @@ class Marker(Protocol):
     async def mark_sent(self, message_id: UUID) -> None: ...
 
 
+class RecentMarks:
+    """The ids marked sent in the last ``ttl`` seconds, at most ``capacity`` of them.
+
+    A ready list that Kanidm made before a mark landed still lists that message; the poll
+    reading it must not mark it again (harmless, but a request per message of a backlog).
+    Past ``ttl`` an id counts as unmarked again, so a mark Kanidm lost is made once more.
+    """
+
+    def __init__(
+        self, capacity: int, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._capacity = capacity
+        self._ttl = ttl
+        self._clock = clock
+        self._marked: OrderedDict[UUID, float] = OrderedDict()
+
+    def add(self, message_id: UUID) -> None:
+        """Remember that ``message_id`` was just marked."""
+        self._marked[message_id] = self._clock()
+        self._marked.move_to_end(message_id)
+        while len(self._marked) > self._capacity:
+            self._marked.popitem(last=False)
+
+    def __contains__(self, message_id: object) -> bool:
+        if not isinstance(message_id, UUID):
+            return False
+        marked_at = self._marked.get(message_id)
+        if marked_at is None:
+            return False
+        if self._clock() - marked_at > self._ttl:
+            del self._marked[message_id]
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self._marked)
+
+
 @dataclass(frozen=True, slots=True)
 class MarkSettings:
     """Retry pacing and the cap on outstanding marks."""
 
     capacity: int = 20_000
+    # A stale list holds what was in flight when Kanidm made it: the send queue, the sends
+    # and the marks under way, a few hundred messages; their marks are remembered a while.
+    recent_capacity: int = 4096
+    recent_ttl: float = 300.0
     retry_initial: float = 1.0
     retry_max: float = 60.0
     log_interval: float = 300.0
@@ -63,6 +108,7 @@ class MarkStage:
         self._incident = Incident(settings.log_interval)
         self._overflow = Incident(settings.log_interval)
         self.given_up: list[UUID] = []  # accepted, not marked because we stopped
+        self.recent = RecentMarks(settings.recent_capacity, settings.recent_ttl)
 
     @property
     def tasks(self) -> set[asyncio.Task[None]]:
@@ -134,6 +180,7 @@ class MarkStage:
                     return
                 continue
             self._metrics.marked_sent.inc()
+            self.recent.add(message_id)
             log.debug("message.marked_sent", message_id=str(message_id))
             failures = self._incident.ended()
             if failures:
