@@ -19,9 +19,9 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import structlog

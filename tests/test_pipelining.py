@@ -17,7 +17,12 @@ from dataclasses import dataclass, field
 import pytest
 
 from kanidm_mail_sender.config import parse_relay_url
-from kanidm_mail_sender.errors import DeliveryDeferred, DeliveryRejected, LinkExpired
+from kanidm_mail_sender.errors import (
+    DeliveryDeferred,
+    DeliveryRejected,
+    LinkExpired,
+    RelayUnavailable,
+)
 from kanidm_mail_sender.relay import SmtpRelay, build_tls_context
 from kanidm_mail_sender.sandbox.certs import Certs
 from kanidm_mail_sender.smtp_session import (
@@ -477,3 +482,29 @@ async def test_unread_bytes_or_an_eof_make_a_session_unusable() -> None:
     assert not session.usable
     with pytest.raises(SessionClosed):
         await session.send(b"NOOP\r\n", 1)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"421 4.3.2 shutting down\r\n", RelayUnavailable),
+        (b"250 Ok\r\n550 5.1.1 no such user\r\n", DeliveryRejected),
+    ],
+)
+async def test_a_refusal_then_a_hang_up_is_taken_at_its_word(
+    peers: Callable[..., Awaitable[ScriptedPeer]],
+    certs: Certs,
+    answer: bytes,
+    error: type[Exception],
+) -> None:
+    async def refuse_and_go(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection, n: int
+    ) -> None:
+        await read_until(reader, conn, b"DATA\r\n")
+        writer.write(answer)
+        await writer.drain()
+
+    peer = await peers(refuse_and_go)
+    with pytest.raises(error, match=answer.split(b"\r\n")[-2].decode()[:3]):
+        await relay_for(peer, certs, peers).send(envelope())
+    assert b"\r\n.\r\n" not in peer.connections[0].data

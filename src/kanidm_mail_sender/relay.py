@@ -231,6 +231,10 @@ async def _transaction(
         (reply,) = await session.send(_data_block(envelope.data), 1)
     except SessionError as exc:
         session.close()
+        # A relay that refuses and hangs up at once (421, or 550 and goodbye) is taken at
+        # its word, as without pipelining, rather than as a broken connection.
+        if stage is Stage.MAIL and (said := _refusal(session.unclaimed(), secrets)) is not None:
+            raise said from exc
         raise _session_error(exc, stage) from exc
     if reply.code != 250:
         if reply.code == 421:
@@ -264,12 +268,19 @@ async def _recover(session: SmtpSession, replies: list[Reply]) -> None:
         # for a transaction we consider failed; hanging up voids it.
         session.close()
         return
+    await _simple(session, b"RSET\r\n")
+
+
+async def _simple(session: SmtpSession, command: bytes) -> bool:
+    """Send ``command`` (RSET, NOOP) alone; True on 250, else the session is closed."""
     try:
-        (reply,) = await session.send(b"RSET\r\n", 1)
+        (reply,) = await session.send(command, 1)
     except SessionError:
-        return
-    if reply.code != 250:
-        session.close()
+        return False
+    if reply.code == 250:
+        return True
+    session.close()
+    return False
 
 
 class SmtpRelay:
@@ -343,14 +354,8 @@ class SmtpRelay:
             if not session.usable or now - since > self._idle_timeout:
                 session.close()
                 continue
-            if now - since > _HEALTH_CHECK_AFTER:
-                try:
-                    (reply,) = await session.send(b"NOOP\r\n", 1)
-                except SessionError:
-                    continue
-                if reply.code != 250:
-                    session.close()
-                    continue
+            if now - since > _HEALTH_CHECK_AFTER and not await _simple(session, b"NOOP\r\n"):
+                continue
             return session, True
         return await self._connect(), False
 

@@ -163,7 +163,11 @@ class SendStage:
         commits: list[asyncio.Future[None]] = []
         for destination in job.plan.due:
             attempts = job.plan.attempts.get(destination, 0) + 1
-            outcome = await self._deliver(message, destination, attempts, commits)
+            try:
+                outcome = await self._deliver(message, destination, attempts, commits)
+            except Exception:
+                await _committed(commits)  # the worker lets the message go after this
+                raise
             if outcome is None:  # stopping, or the link expired
                 if self._stopping.is_set():
                     self.abandoned.append(message.id)

@@ -132,6 +132,11 @@ class SmtpSession(asyncio.Protocol):
         if waiter is self._waiter:
             self._fail(SessionTimeout(f"no reply within {self._timeout:g} s"))
 
+    def unclaimed(self) -> list[Reply]:
+        """Replies that arrived before the session failed and that no caller took: what the
+        relay said to a pipelined group before it hung up (a 421, a refused RCPT)."""
+        return list(self._replies) if self._failure is not None else []
+
     def close(self) -> None:
         """Hang up at once; a transaction without its final dot is then void (RFC 5321)."""
         if self._failure is None:
