@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
+import urllib.parse
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from uuid import UUID
 
@@ -14,7 +16,7 @@ import pytest
 from kanidm_mail_sender.errors import TemplateError
 from kanidm_mail_sender.mail import MailIdentity, build_message, stable_message_id
 from kanidm_mail_sender.messages import CredentialResetV1, TestMessageV1
-from kanidm_mail_sender.render import Renderer, action_url
+from kanidm_mail_sender.render import Renderer, action_url, rfc5322_utc
 
 MID = UUID("6f1c2d4e-8a3b-4c5d-9e7f-0123456789ab")
 RESET = CredentialResetV1(
@@ -188,3 +190,31 @@ def test_the_message_id_is_the_stdlib_uuid5(name: str) -> None:
     for namespace in (MID, UUID(int=0), UUID(int=2**128 - 1)):
         expected = f"<{uuid.uuid5(namespace, name.lower())}@example.org>"
         assert stable_message_id(namespace, name, "i@example.org") == expected
+
+
+@pytest.mark.parametrize(
+    "base",
+    ["https://idm.example.com", "https://u:p@idm.example.com:8443/k/?a=1&b=%20#f", "http://[::1]/"],
+)
+@pytest.mark.parametrize("intent", ["k4p9x-2hzat", "a b&c=d/é?#", ""])
+def test_links_are_what_urlencode_and_urlunsplit_give(base: str, intent: str) -> None:
+    parts = urllib.parse.urlsplit(base)
+    token = urllib.parse.urlencode({"token": intent})
+    query = f"{parts.query}&{token}" if parts.query else token
+    expected = urllib.parse.urlunsplit(
+        (parts.scheme, parts.netloc, "/ui/reset", query, parts.fragment)
+    )
+    assert action_url(base, "/ui/reset", intent) == expected
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 2, 18, 4, 0, 5, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 7, 4, 9, 3, 0, tzinfo=timezone(timedelta(hours=-7, minutes=-30))),
+        *(datetime(2026, m, d, tzinfo=UTC) for m in range(1, 13) for d in (1, 7)),
+    ],
+)
+def test_dates_are_what_the_stdlib_writes(moment: datetime) -> None:
+    assert rfc5322_utc(moment) == email.utils.format_datetime(moment.astimezone(UTC))

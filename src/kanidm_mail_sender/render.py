@@ -10,11 +10,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote_plus, urlsplit, urlunsplit
 from uuid import UUID
 
 import jinja2
@@ -29,7 +28,7 @@ from kanidm_mail_sender.messages import (
     TestMessageV1,
 )
 
-__all__ = ["RenderedMail", "Renderer", "action_url", "sample_template"]
+__all__ = ["RenderedMail", "Renderer", "action_url", "rfc5322_utc", "sample_template"]
 
 SAMPLE_MESSAGE_ID = UUID("0a9318dc-920f-4944-9ce4-91b4322b5dad")
 
@@ -45,15 +44,37 @@ class RenderedMail:
 
 def action_url(instance_url: str, path: str, intent_id: str) -> str:
     """Upstream's link rule: replace the path, append ``token=<intent_id>`` to the query."""
-    parts = _split(instance_url)
-    token = urlencode({"token": intent_id})
-    query = f"{parts.query}&{token}" if parts.query else token
-    return urlunsplit((parts.scheme, parts.netloc, path, query, parts.fragment))
+    before_query, query, after_query = _link_parts(instance_url, path)
+    # What urlencode({"token": ...}) and urlunsplit give, without their generality.
+    token = "token=" + quote_plus(intent_id)
+    return f"{before_query}?{query}{token}{after_query}"
 
 
-@lru_cache(maxsize=4)
-def _split(url: str) -> SplitResult:
-    return urlsplit(url)  # one instance_url: split once, not for every link
+@lru_cache(maxsize=8)
+def _link_parts(instance_url: str, path: str) -> tuple[str, str, str]:
+    """The link's fixed parts, once per instance_url and path: everything before the query,
+    the query's start (the URL's own query and ``&``, or nothing), and the fragment."""
+    parts = urlsplit(instance_url)
+    before = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    return (
+        before,
+        f"{parts.query}&" if parts.query else "",
+        f"#{parts.fragment}" if parts.fragment else "",
+    )
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def rfc5322_utc(moment: datetime) -> str:
+    """``email.utils.format_datetime`` of ``moment`` in UTC (English names, ``+0000``), at a
+    third of its cost; the test compares the two."""
+    t = moment.astimezone(UTC)
+    return (
+        f"{_DAYS[t.weekday()]}, {t.day:02d} {_MONTHS[t.month - 1]} {t.year:04d} "
+        f"{t.hour:02d}:{t.minute:02d}:{t.second:02d} +0000"
+    )
 
 
 def sample_template(kind: str, now: datetime) -> Template:
@@ -161,7 +182,7 @@ class Renderer:
                 intent_id=template.intent_id,
                 reset_url=action_url(self._instance_url, "/ui/reset", template.intent_id),
                 revoke_url=action_url(self._instance_url, "/ui/revoke", template.intent_id),
-                expiry=format_datetime(template.expiry_time.astimezone(UTC)),
+                expiry=rfc5322_utc(template.expiry_time),
                 expiry_time=template.expiry_time,
             )
         return context
