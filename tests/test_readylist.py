@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 import zlib
 from collections.abc import Callable
@@ -70,6 +71,33 @@ def test_a_bad_entry_is_reported_alone(bad: bytes, reason: str, size: int) -> No
 def test_escaped_quotes_and_brackets_in_strings_do_not_confuse_the_scanner() -> None:
     tricky = {"id": "x", "s": 'a\\"]}[{"', "t": ["}", "]"], "u": "\\\\"}
     assert parse(around(json.dumps(tricky).encode()), 1) == [GOOD, tricky, GOOD]
+
+
+def test_any_entries_in_any_chunking_come_out_as_json_reads_them() -> None:
+    alphabet = ['"', "\\", "[", "]", "{", "}", ",", ":", " ", "a", "é", "\n", "\u2028"]
+    chooser = random.Random(14)
+
+    def text() -> str:
+        return "".join(chooser.choice(alphabet) for _ in range(chooser.randrange(12)))
+
+    def value(depth: int) -> Any:
+        kind = chooser.randrange(6 if depth < 4 else 3)
+        if kind == 0:
+            return text()
+        if kind == 1:
+            return chooser.choice([0, -7, 1.5, True, None])
+        if kind == 2:
+            return {"s": text()}
+        if kind == 3:
+            return [value(depth + 1) for _ in range(chooser.randrange(4))]
+        return {text(): value(depth + 1) for _ in range(chooser.randrange(4))}
+
+    entries = [{"id": str(i), "v": value(0), "w": text()} for i in range(60)]
+    for ascii_only in (True, False):  # escapes, or raw UTF-8 split across chunks
+        listed = {"schemas": [], "resources": entries}
+        body = json.dumps(listed, ensure_ascii=ascii_only).encode()
+        for size in (1, 2, 3, 5, 64, 1 << 20):
+            assert parse(body, size) == entries
 
 
 def test_a_bom_stray_bytes_and_a_scalar_between_entries_are_skipped() -> None:

@@ -27,11 +27,20 @@ _ID_PREFIX = 4096  # of a bad entry, kept to find its id for the log
 
 _OUTSIDE = re.compile(rb'["{}\[\]]')
 _INSIDE = re.compile(rb'["\\]')
+# Runs of bytes that are neither a bracket nor a quote, and complete strings. Possessive, so
+# it never backtracks: linear, and it stops before an unfinished string (left to _INSIDE).
+_SKIP = re.compile(rb'(?:[^"{}\[\]]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+', re.DOTALL)
 _SCALAR_END = re.compile(rb"[,}\]\s]")
 _NOT_SPACE = re.compile(rb"[^ \t\r\n]")
 _ITEM_EDGE = re.compile(rb'[,{\[\]"]')
 _ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,64})"')
 _BOM = b"\xef\xbb\xbf"
+
+
+def _id_in(prefix: bytes) -> str | None:
+    """The id of a bad entry, for its log line, if its first bytes name one."""
+    found = _ID.search(prefix)
+    return found.group(1).decode("utf-8", "replace") if found else None
 
 
 def _bounded_int(text: str) -> int:
@@ -195,6 +204,11 @@ class ReadyListParser:
                     complete = True
                     break
                 continue
+            # Everything up to the next bracket, whole strings included, in one C call: the
+            # loop below then turns once per bracket, not once per quote.
+            skipped = _SKIP.match(buf, pos)  # always matches, if only the empty string
+            if skipped is not None:
+                pos = skipped.end()
             match = _OUTSIDE.search(buf, pos)
             if match is None:
                 pos = len(buf)
@@ -238,25 +252,24 @@ class ReadyListParser:
         # an element of resources
         too_big = not self._keep or self._size() > self._max_entry
         prefix = raw[:_ID_PREFIX] if raw else self._prefix
-        found = _ID.search(prefix)
-        message_id = found.group(1).decode("utf-8", "replace") if found else None
         if too_big:
-            yield MalformedMessage(message_id, f"entry larger than {self._max_entry} bytes")
+            yield MalformedMessage(_id_in(prefix), f"entry larger than {self._max_entry} bytes")
         elif value.too_deep:
-            yield MalformedMessage(message_id, f"entry nested deeper than {self._max_depth}")
+            yield MalformedMessage(_id_in(prefix), f"entry nested deeper than {self._max_depth}")
         else:
-            yield self._decode(raw, message_id)
+            yield self._decode(raw)
 
     @staticmethod
-    def _decode(raw: bytes, message_id: str | None) -> Any:
+    def _decode(raw: bytes) -> Any:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            return MalformedMessage(message_id, "entry is not valid UTF-8")
+            return MalformedMessage(_id_in(raw[:_ID_PREFIX]), "entry is not valid UTF-8")
         try:
             return json.loads(text, parse_int=_bounded_int)
         except (ValueError, RecursionError) as exc:
-            return MalformedMessage(message_id, f"entry is not valid JSON ({str(exc)[:80]})")
+            why = f"entry is not valid JSON ({str(exc)[:80]})"
+            return MalformedMessage(_id_in(raw[:_ID_PREFIX]), why)
 
     def _expect(self, char: int, allowed: bytes) -> None:
         self._expect_no_advance(char, allowed)
