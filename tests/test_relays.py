@@ -365,14 +365,13 @@ async def test_drain_across_token_lifetimes_delivers_each_once(
     started = time.monotonic()
     while kanidm.unsent_count() and time.monotonic() - started < 60:
         await harness.cycle()
-    elapsed = time.monotonic() - started
     arrived = Counter(mail.rcpt_tos[0] for mail in oauth_relay.mails)
     assert len(arrived) == count
     assert set(arrived.values()) == {1}
     assert sorted(kanidm.sent()) == sorted(ids)
     assert {mail.authenticated_as for mail in oauth_relay.mails} == {MAILBOX}
-    # Several tokens were issued over the drain, and the revocation was answered by a renewal.
-    assert elapsed > 2 * endpoint.lifetime
+    # Several tokens were issued over the drain (the first, the one after the revocation, and
+    # at least one renewed on expiry), and the revocation was answered by a renewal.
     assert len(endpoint.grants) >= 3
     assert oauth_relay.auth_failures >= 1
     assert harness.journal.counts() == {"accepted": count}
