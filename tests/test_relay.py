@@ -207,3 +207,17 @@ async def test_non_ascii_address_without_smtputf8_is_rejected_for_good(
     await smtp.send(envelope("jose@example.test"))
     assert [m.rcpt_tos for m in relay.mails] == [["jose@example.test"]]
     assert smtp.connections_opened == 1
+
+
+async def test_a_relay_without_pipelining_gets_one_command_at_a_time(
+    relay_factory: RelayFactory, certs: Certs
+) -> None:
+    lockstep = await relay_factory(pipelining=False)
+    lockstep.faults.rcpt_replies["bad@example.com"] = ["550 5.1.1 no such user"]
+    smtp = client(lockstep, certs, max_connections=1)
+    with pytest.raises(DeliveryRejected, match="550"):
+        await smtp.send(envelope("bad@example.com"))
+    await smtp.send(envelope("good@example.com"))
+    assert [m.rcpt_tos for m in lockstep.mails] == [["good@example.com"]]
+    assert smtp.connections_opened == 1
+    assert not smtp._idle[0][0].pipelining

@@ -144,12 +144,7 @@ class Journal:
 
     def states(self, message_id: UUID) -> dict[str, DestinationState]:
         """Everything recorded for ``message_id``, keyed by destination."""
-        rows = self._reader.execute(
-            "SELECT destination, state, attempts, next_attempt, reply FROM delivery "
-            "WHERE message_id = ?",
-            (str(message_id),),
-        ).fetchall()
-        return {row[0]: DestinationState(*row[1:]) for row in rows}
+        return self.states_of([message_id]).get(message_id, {})
 
     def states_of(self, message_ids: list[UUID]) -> dict[UUID, dict[str, DestinationState]]:
         """``states`` for up to ``STATES_BATCH`` messages in one query (those with no row

@@ -37,9 +37,9 @@ _ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,64})"')
 _BOM = b"\xef\xbb\xbf"
 
 
-def _id_in(prefix: bytes) -> str | None:
+def _id_in(entry: bytes) -> str | None:
     """The id of a bad entry, for its log line, if its first bytes name one."""
-    found = _ID.search(prefix)
+    found = _ID.search(entry, 0, _ID_PREFIX)
     return found.group(1).decode("utf-8", "replace") if found else None
 
 
@@ -250,12 +250,12 @@ class ReadyListParser:
             self._state = "key"  # a value we skip (schemas, totalResults, ...)
             return
         # an element of resources
-        too_big = not self._keep or self._size() > self._max_entry
-        prefix = raw[:_ID_PREFIX] if raw else self._prefix
-        if too_big:
-            yield MalformedMessage(_id_in(prefix), f"entry larger than {self._max_entry} bytes")
+        if not self._keep or self._size() > self._max_entry:
+            # Of an entry too big to keep, only its prefix was kept.
+            found = _id_in(raw or self._prefix)
+            yield MalformedMessage(found, f"entry larger than {self._max_entry} bytes")
         elif value.too_deep:
-            yield MalformedMessage(_id_in(prefix), f"entry nested deeper than {self._max_depth}")
+            yield MalformedMessage(_id_in(raw), f"entry nested deeper than {self._max_depth}")
         else:
             yield self._decode(raw)
 
@@ -264,12 +264,11 @@ class ReadyListParser:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            return MalformedMessage(_id_in(raw[:_ID_PREFIX]), "entry is not valid UTF-8")
+            return MalformedMessage(_id_in(raw), "entry is not valid UTF-8")
         try:
             return json.loads(text, parse_int=_bounded_int)
         except (ValueError, RecursionError) as exc:
-            why = f"entry is not valid JSON ({str(exc)[:80]})"
-            return MalformedMessage(_id_in(raw[:_ID_PREFIX]), why)
+            return MalformedMessage(_id_in(raw), f"entry is not valid JSON ({str(exc)[:80]})")
 
     def _expect(self, char: int, allowed: bytes) -> None:
         self._expect_no_advance(char, allowed)

@@ -107,7 +107,9 @@ def classify_smtp_error(
     secrets: tuple[str, ...] = (),
     auth_hint: str = PASSWORD_HINT,
 ) -> RelayError:
-    """Map an aiosmtplib (or ssl/OS) exception raised during ``stage`` to one of ours."""
+    """Map an aiosmtplib (or ssl/OS) exception raised while a session opens (``stage``
+    CONNECT or AUTH) to one of ours; all are relay-wide. A session's mail transactions
+    run on SmtpSession and map its errors themselves (``_session_error``)."""
     if isinstance(exc, RelayError):
         return exc  # already ours (the OAuth token endpoint)
     tls = _tls_failure(exc)
@@ -115,30 +117,14 @@ def classify_smtp_error(
         return RelayMisconfigured(f"TLS with the relay failed: {tls}")
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return reply_error(stage, exc.code, exc.message, secrets, auth_hint)
-    if stage is Stage.CONNECT or stage is Stage.AUTH:
-        if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
-            return RelayUnavailable(f"the relay did not answer in time while connecting: {exc}")
-        if isinstance(
-            exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected | OSError
-        ):
-            return RelayUnavailable(f"cannot connect to the relay: {exc}")
-        if isinstance(exc, aiosmtplib.SMTPException):
-            # STARTTLS or AUTH not offered, no usable mechanism: the relay does not fit.
-            return RelayMisconfigured(f"the relay cannot be used as configured: {exc}")
-        return RelayUnavailable(f"unexpected error connecting to the relay: {exc!r}")
-    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
-        return DeliveryDeferred(
-            f"the relay closed the connection during {stage.value}: {exc}",
-            transport=True,
-            disconnected_at=stage.value,
-        )
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
-        return DeliveryDeferred(
-            f"the relay did not answer {stage.value} in time: {exc}", transport=True
-        )
-    if isinstance(exc, OSError):
-        return DeliveryDeferred(f"the connection to the relay failed: {exc}", transport=True)
-    return DeliveryDeferred(f"unexpected error talking to the relay: {exc!r}", transport=True)
+        return RelayUnavailable(f"the relay did not answer in time while connecting: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected | OSError):
+        return RelayUnavailable(f"cannot connect to the relay: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPException):
+        # STARTTLS or AUTH not offered, no usable mechanism: the relay does not fit.
+        return RelayMisconfigured(f"the relay cannot be used as configured: {exc}")
+    return RelayUnavailable(f"unexpected error connecting to the relay: {exc!r}")
 
 
 def _still_valid(not_after: float | None, clock: Callable[[], float]) -> None:
@@ -224,9 +210,11 @@ async def _transaction(
         if refusal is not None:
             await _recover(session, replies)
             raise refusal
-        if not_after is not None and clock() >= not_after:
-            session.close()
-            raise LinkExpired("the reset link expired before the mail went out")
+        try:
+            _still_valid(not_after, clock)
+        except LinkExpired:
+            session.close()  # past the 354, hanging up is what voids the transaction
+            raise
         stage = Stage.DATA
         (reply,) = await session.send(_data_block(envelope.data), 1)
     except SessionError as exc:
