@@ -148,7 +148,11 @@ async def scene(
     tmp_path: Path,
 ) -> AsyncIterator[Scene]:
     relay.faults.rcpt_replies = {
-        "bob@example.com": ["450 4.2.0 mailbox busy"] * 10,
+        "bob@example.com": [
+            "451 4.7.1 <bob@example.com>: Recipient address rejected: Policy rejection, try "
+            "again later"
+        ]
+        * 10,
         "carol@example.com": ["550 5.1.1 no such user"] * 10,
     }
     ids = {
@@ -230,7 +234,7 @@ async def test_history_filters_and_json(scene: Scene) -> None:
         "last",
         "reply",
     ]
-    assert "mailbox busy" in out
+    assert "451 4.7.1" in out
 
 
 async def test_show_and_queue_join_kanidm_and_the_journal(scene: Scene) -> None:
@@ -274,6 +278,21 @@ async def test_retry_of_a_rejected_destination_after_the_fix_delivers_it_once(
     code, out, _ = await scene.cli("retry", str(carol))
     assert code == 5
     assert "every destination was accepted" in out
+
+
+async def test_retry_of_a_destination_refused_451_4_7_1_delivers_it_once(
+    scene: Scene, relay: SmtpStandIn, kanidm: KanidmStandIn
+) -> None:
+    """A per-recipient 4.7.1 is journalled as that destination's deferral, so it shows in the
+    queue and an operator can retry it."""
+    bob = scene.ids["bob"]
+    entries = await scene.json("queue")
+    assert {e["id"]: e["delivery"] for e in entries}[str(bob)] == {"bob@example.com": "deferred"}
+    relay.faults.rcpt_replies.pop("bob@example.com")
+    code, out, _ = await scene.cli("retry", str(bob), "bob@example.com")
+    assert code == 0, out
+    await wait_for(lambda: bob in kanidm.sent(), timeout=15)
+    assert [m.rcpt_tos for m in relay.mails].count(["bob@example.com"]) == 1
 
 
 async def test_retry_of_an_accepted_destination_needs_resend_and_a_queued_message(

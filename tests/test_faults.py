@@ -136,8 +136,10 @@ async def test_throttling_replies_slow_the_relay_without_spending_attempts(
     harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
 ) -> None:
     ids = [kanidm.queue_test_message(f"u{i}@example.com") for i in range(20)]
-    for i in range(0, 20, 4):
-        relay.faults.rcpt_replies[f"u{i}@example.com"] = ["450 4.7.1 rate limit exceeded"]
+    for i in range(0, 20, 4):  # SES's wording, after DATA
+        relay.faults.data_replies[f"u{i}@example.com"] = [
+            "454 Throttling failure: Maximum sending rate exceeded."
+        ]
     harness = harness_factory()
     with capture_logs() as logs:
         await asyncio.wait_for(harness.cycle(), 30)

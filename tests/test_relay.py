@@ -140,8 +140,12 @@ async def test_unknown_ca_is_rejected(mode: str, relay_factory: RelayFactory, ce
         ("550 5.1.1 no such user", DeliveryRejected),
         ("451 4.3.0 try later", DeliveryDeferred),
         ("421 4.7.0 closing", RelayUnavailable),
-        ("450 4.7.1 rate limit exceeded", RelayThrottled),
-        ("452 4.7.1 slow down", RelayThrottled),
+        # Rate words to RCPT are still that recipient's (only evidence makes them ours)...
+        ("450 4.7.1 rate limit exceeded", DeliveryDeferred),
+        ("452 4.7.1 slow down", DeliveryDeferred),
+        # ...unless the words name us, as Postfix's delayed sender restrictions do.
+        ("450 4.7.1 <u@example.com>: Sender address rejected: rate limit exceeded", RelayThrottled),
+        ("553 5.7.1 <u@example.com>: Sender address rejected: not owned", RelayUnavailable),
     ],
 )
 async def test_recipient_replies_are_classified(

@@ -211,7 +211,10 @@ async def status(ctx: Context) -> int:
     if not pid:
         relay_text = "-"
     elif relay.get("paused"):
-        relay_text = f"PAUSED until {_when(relay.get('paused_until'))}: {relay.get('last_error')}"
+        cause = f" [{relay['cause']}]" if relay.get("cause") else ""
+        relay_text = (
+            f"PAUSED{cause} until {_when(relay.get('paused_until'))}: {relay.get('last_error')}"
+        )
     else:
         relay_text = f"ok (concurrency {relay.get('concurrency')})"
     if ctx.offline:

@@ -15,14 +15,20 @@ MailSenderError
 │   └── KanidmResponseError                  any other status, or an undecodable body
 └── RelayError                         talking to the SMTP relay failed
     ├── DeliveryDeferred               transient for this destination (4xx, timeout, lost link)
-    ├── DeliveryRejected               permanent for this destination (RCPT/DATA 5xx)
+    ├── DeliveryRejected               permanent for this destination (RCPT 5xx, DATA 5xx)
     ├── LinkExpired                    the reset link expired before DATA: never mailed
     ├── RelayThrottled                 the relay asks us to slow down (rate limits): all sends
-    └── RelayUnavailable               relay-wide: refused, 421, MAIL FROM refused; pause all
+    └── RelayUnavailable               relay-wide: refused, 421, MAIL FROM refused, our sender
+        │                              or quota refused after DATA; pause all
         └── RelayMisconfigured         relay-wide and the operator must act: AUTH, TLS, STARTTLS
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kanidm_mail_sender.replies import Refusal
 
 __all__ = [
     "AlreadyRunning",
@@ -109,7 +115,8 @@ class RelayError(MailSenderError):
 
     ``code`` is the SMTP reply code, if any; ``transport`` is true when the connection was
     lost or timed out rather than answered; ``disconnected_at`` names the SMTP step during
-    which the relay closed the connection, if it did.
+    which the relay closed the connection, if it did; ``refusal`` is the relay's refusing
+    reply as read where it arrived, if there was one.
     """
 
     def __init__(
@@ -119,8 +126,10 @@ class RelayError(MailSenderError):
         code: int | None = None,
         transport: bool = False,
         disconnected_at: str | None = None,
+        refusal: Refusal | None = None,
     ) -> None:
         super().__init__(message)
+        self.refusal = refusal
         self.code = code
         self.transport = transport
         self.disconnected_at = disconnected_at
@@ -139,11 +148,12 @@ class LinkExpired(RelayError):
 
 
 class RelayThrottled(RelayError):
-    """The relay refuses for rate reasons (4.7.x, "rate", "throttl"): slow all sending."""
+    """The relay refuses for rate reasons (its words say so, outside RCPT): slow all sending."""
 
 
 class RelayUnavailable(RelayError):
-    """A relay-wide condition (refused connection, 421, sender refused): pause all sending."""
+    """A relay-wide condition (refused connection, 421, our sender or quota refused): pause
+    all sending."""
 
 
 class RelayMisconfigured(RelayUnavailable):

@@ -71,6 +71,21 @@ class Metrics:
             "Seconds sends spent waiting for mail_rate_limit, summed over the workers.",
             registry=r,
         )
+        self.relay_incidents = Counter(
+            "kanidm_mail_sender_relay_pauses",
+            "Relay-wide pauses begun, by cause: relay (down or closing), sender (our From "
+            "or account refused), quota (sending quota reached), burst (the same refusal "
+            "after DATA for several destinations in a row).",
+            ["cause"],
+            registry=r,
+        )
+        for cause in ("relay", "sender", "quota", "burst"):
+            self.relay_incidents.labels(cause=cause)
+        self.put_back = Counter(
+            "kanidm_mail_sender_put_back",
+            "Destinations rejected in a burst, then deferred again when it was recognised.",
+            registry=r,
+        )
         self.poll_ok = False
         self.relay_ok_at: float | None = None
         self.relay_paused = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import socket
 import ssl
@@ -29,7 +30,7 @@ from kanidm_mail_sender.errors import (
     RelayUnavailable,
 )
 from kanidm_mail_sender.mail import Envelope
-from kanidm_mail_sender.replies import Stage, Verdict, classify_reply, redact_reply
+from kanidm_mail_sender.replies import Stage, Verdict, read_reply, redact_reply
 from kanidm_mail_sender.smtp_auth import PASSWORD_HINT, SmtpAuth
 from kanidm_mail_sender.smtp_session import (
     Reply,
@@ -92,13 +93,14 @@ def reply_error(
     auth_hint: str = PASSWORD_HINT,
 ) -> RelayError:
     """The error for a refusing reply ``code`` to ``stage``, its text redacted."""
-    verdict = classify_reply(stage, code, text)
     shown = redact_reply(text, secrets)
+    # Read from the relay's own words; only the redacted text is kept, shown and journalled.
+    refusal = dataclasses.replace(read_reply(stage, code, text), text=shown)
     what = "deferred" if 400 <= code < 500 else "refused"
     message = f"the relay {what} {_STAGE_WORDS[stage]}: {code} {shown}"
     if stage is Stage.AUTH:
-        return RelayMisconfigured(f"{message}; {auth_hint}", code=code)
-    return _VERDICT_ERRORS[verdict](message, code=code)
+        return RelayMisconfigured(f"{message}; {auth_hint}", code=code, refusal=refusal)
+    return _VERDICT_ERRORS[refusal.verdict](message, code=code, refusal=refusal)
 
 
 def classify_smtp_error(

@@ -63,6 +63,10 @@ class RelayHealth:
         self._successes_at_limit = 0
         self.incident_started: float | None = None
         self.last_error = ""
+        # Of the open pause: whose problem it is ("relay", "sender", "quota", "burst") and
+        # the evidence that made it relay-wide, if any.
+        self.cause = ""
+        self.reason = ""
 
     @property
     def paused(self) -> bool:
@@ -118,9 +122,12 @@ class RelayHealth:
             return None
         self.incident_started = None
         self.pauses = self.throttles = 0
+        self.cause = self.reason = ""
         return Change.RECOVERED
 
-    def relay_down(self, now: float, error: str) -> Change | None:
+    def relay_down(
+        self, now: float, error: str, *, cause: str = "relay", reason: str = ""
+    ) -> Change | None:
         """A relay-wide failure; returns PAUSED when it begins a new incident."""
         self.active -= 1
         self._probing = False
@@ -131,7 +138,7 @@ class RelayHealth:
         self.paused_until = now + backoff_delay(
             self.pauses, initial=self._s.pause_initial, maximum=self._s.pause_max, rand=self._rand
         )
-        self.last_error = error
+        self.last_error, self.cause, self.reason = error, cause, reason
         new = self.incident_started is None
         if new:
             self.incident_started = now
@@ -149,8 +156,9 @@ class RelayHealth:
             self._probing, self._needs_probe = False, True
         return None
 
-    def throttled(self, now: float, error: str) -> Change | None:
-        """A throttling reply: halve the concurrency and pause a little."""
+    def throttled(self, now: float, error: str, *, reason: str = "") -> Change | None:
+        """A throttling reply: halve the concurrency and pause a little; ``reason``: the
+        evidence that made a destination's refusal ours, if any."""
         self.active -= 1
         self._probing = False
         if now < self.paused_until:
@@ -164,7 +172,7 @@ class RelayHealth:
             maximum=self._s.throttle_max,
             rand=self._rand,
         )
-        self.last_error = error
+        self.last_error, self.reason = error, reason
         new = self.incident_started is None
         if new:
             self.incident_started = now

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -23,29 +24,46 @@ import structlog
 
 from kanidm_mail_sender.addresses import check_address
 from kanidm_mail_sender.delivery import Plan, backoff_delay
-from kanidm_mail_sender.errors import (
-    DeliveryDeferred,
-    DeliveryRejected,
-    LinkExpired,
-    RelayThrottled,
-    RelayUnavailable,
-    StateError,
-    TemplateError,
-)
+from kanidm_mail_sender.errors import RelayError, StateError, TemplateError
+from kanidm_mail_sender.evidence import Evidence, EvidenceRules, Judgement
 from kanidm_mail_sender.incident import Incident
 from kanidm_mail_sender.inflight import Phase, StageContext
 from kanidm_mail_sender.journal import ACCEPTED, DEFERRED, EXPIRED, REJECTED, Journal
 from kanidm_mail_sender.mail import Envelope, MailIdentity, build_message
 from kanidm_mail_sender.marking import MarkStage
 from kanidm_mail_sender.messages import CredentialResetV1, QueuedMessage
+from kanidm_mail_sender.outcomes import (
+    HealthEvent,
+    Next,
+    Outcome,
+    counted_after_all,
+    escalated,
+    outcome,
+    spent_after_all,
+)
 from kanidm_mail_sender.queueid import relay_queue_id
 from kanidm_mail_sender.ratelimit import Rate, SendLimiter
 from kanidm_mail_sender.relay_health import Change, RelayHealth
 from kanidm_mail_sender.render import Renderer
+from kanidm_mail_sender.replies import Verdict
 
 __all__ = ["Job", "MailTransport", "SendSettings", "SendStage", "expires_at"]
 
 log = structlog.get_logger("kanidm_mail_sender.sending")
+
+# What an operator should look at first, by the cause of a relay-wide pause.
+LIKELY_CAUSES = {
+    "relay": "the relay is unreachable, refuses connections or closes them; check it and "
+    "the network",
+    "sender": "sender not allowed: the relay does not let this account send as "
+    "mail_from_address; check the account's send-as rights and the From address",
+    "quota": "quota reached: the account's sending quota is used up; sending resumes when "
+    "the provider's window resets, or raise the quota",
+    "burst": "the relay refuses every mail with the same reply after DATA: most likely our "
+    "sender is not allowed or a sending quota is reached; read the reply",
+    "rate": "the relay limits our rate",
+}
+EXPIRED_NOTE = "the reset link expired before it went out; not mailed, left in Kanidm's queue"
 
 _RATE_QUIET = 60.0  # seconds without a wait for the limits that end a rate-limit incident
 
@@ -103,6 +121,7 @@ class SendStage:
         health: RelayHealth,
         settings: SendSettings,
         limiter: SendLimiter | None = None,
+        evidence: EvidenceRules | None = None,
     ) -> None:
         self._transport = transport
         self._journal = journal
@@ -123,6 +142,8 @@ class SendStage:
         self._clock = context.clock
         self._changed = asyncio.Event()
         self._relay_log = Incident(settings.log_interval)
+        self._evidence = Evidence(evidence)
+        self._accepted = 0  # mails accepted since start: other mail went out meanwhile
         self.abandoned: list[UUID] = []  # taken off the queue, then not sent: we stopped
 
     def wake(self) -> None:
@@ -207,11 +228,12 @@ class SendStage:
         this destination; None: stop here."""
         ids = {"message_id": str(message.id), "destination": destination}
         not_after = expires_at(message)
+        free, accepted_before = 0, self._accepted
         while True:
             if self._stopping.is_set():
                 return None
             if not_after is not None and self._clock() >= not_after:
-                await self._expire(message, ids)
+                await self._expire(message.id, ids)
                 return None
             if not await self._admit():
                 return None
@@ -220,10 +242,21 @@ class SendStage:
                 envelope = self._envelope(message, destination)
                 reply = await self._transport.send(envelope, not_after=not_after, clock=self._clock)
             except BaseException as exc:
-                verdict = await self._failed(exc, message.id, destination, attempts, ids, started)
-                if verdict == "retry":
+                then = await self._failed(
+                    exc,
+                    (message.id, destination, attempts),
+                    ids,
+                    started,
+                    (free, self._accepted - accepted_before),
+                )
+                if then is Next.RETRY:
+                    free += 1
                     continue
-                return None if verdict == "stop" else False
+                return None if then is Next.STOP else False
+            self._accepted += 1
+            incident = self._health.incident_started
+            if incident is None or started >= incident:  # it says something of the relay now
+                self._evidence.accepted()
             self._report(self._health.succeeded(started), counted=True)
             commits.append(
                 self._journal.submit(
@@ -263,41 +296,44 @@ class SendStage:
     async def _failed(
         self,
         exc: BaseException,
-        message_id: UUID,
-        destination: str,
-        attempts: int,
+        job: tuple[UUID, str, int],
         ids: dict[str, str],
         started: float,
-    ) -> str:
-        """Journal and report one failed attempt; returns "retry", "stop" or "failed"."""
-        now = time.monotonic()
-        health = self._health
-        # counted: whether a mail may have gone out, for the sending limits.
-        if isinstance(exc, RelayThrottled):
-            self._report(health.throttled(now, str(exc)), str(exc), counted=False)
-            return "retry"
-        if isinstance(exc, RelayUnavailable):
-            self._report(health.relay_down(now, str(exc)), str(exc), counted=False)
-            return "retry"
-        if isinstance(exc, LinkExpired):
-            self._report(health.cancelled(), counted=False)
-            await self._journal.record(message_id, destination, EXPIRED, now=self._clock())
-            log.error(
-                "message.expired",
-                **ids,
-                note="the reset link expired before it went out; not mailed, left in "
-                "Kanidm's queue",
+        free: tuple[int, int],
+    ) -> Next:
+        """Journal and report one failed attempt; returns what the worker does next.
+
+        ``job``: message id, destination and this attempt's number; ``free``: the relay-wide
+        verdicts this destination drew in a row, and the mails accepted meanwhile.
+        """
+        message_id, destination, attempts = job
+        result = outcome(exc)
+        if result is None:
+            self._report(self._health.cancelled(), counted=True)  # cut off: it may have gone
+            raise exc
+        error = str(exc) if isinstance(exc, RelayError) else f"invalid address: {exc}"
+        if isinstance(exc, TemplateError):
+            error = str(exc)
+        refusal = exc.refusal if isinstance(exc, RelayError) else None
+        named = refusal is not None and refusal.cause.value in ("sender", "quota")
+        cause = refusal.cause.value if refusal is not None and named else "relay"
+        judgement = None
+        if refusal is not None and result.state is not None and result.state != EXPIRED:
+            judgement = self._evidence.refused(
+                time.monotonic(), message_id, destination, refusal, attempts - 1
             )
-            self._metrics.expired.inc()
-            return "stop"
-        if isinstance(exc, DeliveryRejected | ValueError):
-            if isinstance(exc, DeliveryRejected):
-                self._report(health.succeeded(started), counted=True)
-            else:
-                self._report(health.cancelled(), counted=False)
-            error = str(exc) if isinstance(exc, DeliveryRejected) else f"invalid address: {exc}"
+            if judgement.escalated:
+                result = escalated(judgement.verdict is Verdict.RELAY_DOWN)
+                cause = "burst" if judgement.verdict is Verdict.RELAY_DOWN else "rate"
+        if result.then is Next.RETRY and spent_after_all(free[0] + 1, free[1]):
+            result = counted_after_all(result)
+            error = f"{error} (relay-wide refusals for this destination while other mail went out)"
+        self._tell_health(result, error, started, cause, judgement)
+        if result.state == EXPIRED:
+            await self._expire(message_id, ids)
+        elif result.state == REJECTED:
             log.error(
-                "mail.rejected",
+                result.event,
                 **ids,
                 error=error,
                 note="permanent failure: not retried; the message stays in Kanidm's queue",
@@ -311,27 +347,65 @@ class SendStage:
                 attempts=attempts,
                 reply=error[:500],
             )
-            return "failed"
-        if isinstance(exc, DeliveryDeferred | TemplateError):
-            if isinstance(exc, TemplateError):
-                self._report(health.cancelled(), counted=False)
-                log.error("message.render_failed", **ids, error=str(exc))
-            elif exc.transport:
-                self._report(health.transport_failed(now, str(exc)), str(exc), counted=True)
-            else:
-                self._report(health.succeeded(started), counted=True)
-            delay = await self._defer(message_id, destination, attempts, str(exc))
-            if isinstance(exc, DeliveryDeferred):
-                log.warning(
-                    "mail.deferred",
-                    **ids,
-                    error=str(exc),
-                    attempts=attempts,
-                    retry_in_seconds=round(delay, 1),
-                )
-            return "failed"
-        self._report(health.cancelled(), counted=True)  # cut off: it may have gone out
-        raise exc
+        elif result.state == DEFERRED:
+            delay = await self._defer(message_id, destination, attempts, error)
+            log.log(
+                logging.ERROR if result.event == "message.render_failed" else logging.WARNING,
+                result.event,
+                **ids,
+                error=error,
+                attempts=attempts,
+                retry_in_seconds=round(delay, 1),
+            )
+        if judgement is not None and judgement.burst:
+            await self._put_back(judgement, error)
+        return result.then
+
+    def _tell_health(
+        self,
+        result: Outcome,
+        error: str,
+        started: float,
+        cause: str,
+        judgement: Judgement | None,
+    ) -> None:
+        health, now = self._health, time.monotonic()
+        event = result.health
+        reason = judgement.reason if judgement is not None else ""
+        if event is HealthEvent.THROTTLED:
+            change = health.throttled(now, error, reason=reason)
+        elif event is HealthEvent.RELAY_DOWN:
+            change = health.relay_down(now, error, cause=cause, reason=reason)
+        elif event is HealthEvent.TRANSPORT_FAILED:
+            change = health.transport_failed(now, error)
+        elif event is HealthEvent.SUCCEEDED:
+            change = health.succeeded(started)
+        else:
+            change = health.cancelled()
+        self._report(change, error, counted=result.counted)
+
+    async def _put_back(self, judgement: Judgement, error: str) -> None:
+        """The destinations a burst rejected before it was seen for what it is: deferred
+        again, their attempts as before, due when the pause ends."""
+        now = self._clock()
+        due = now + max(0.0, self._health.paused_until - time.monotonic())
+        for seen in judgement.burst:
+            await self._journal.record(
+                seen.message_id,
+                seen.destination,
+                DEFERRED,
+                now=now,
+                attempts=seen.attempts_before,
+                next_attempt=due,
+                reply=f"put back after a relay-wide refusal: {error}"[:500],
+            )
+        self._metrics.put_back.inc(len(judgement.burst))
+        log.warning(
+            "relay.burst_put_back",
+            destinations=len(judgement.burst),
+            message_ids=sorted({str(seen.message_id) for seen in judgement.burst}),
+            note="rejected in the burst before it was recognised; deferred again, no attempt spent",
+        )
 
     async def _defer(self, message_id: UUID, destination: str, attempts: int, error: str) -> float:
         self._metrics.transient_failures.inc()
@@ -348,14 +422,10 @@ class SendStage:
         )
         return delay
 
-    async def _expire(self, message: QueuedMessage, ids: dict[str, str]) -> None:
-        log.error(
-            "message.expired",
-            **ids,
-            note="the reset link expired while it waited; not mailed, left in Kanidm's queue",
-        )
+    async def _expire(self, message_id: UUID, ids: dict[str, str]) -> None:
+        log.error("message.expired", **ids, note=EXPIRED_NOTE)
         self._metrics.expired.inc()
-        await self._journal.record(message.id, ids["destination"], EXPIRED, now=self._clock())
+        await self._journal.record(message_id, ids["destination"], EXPIRED, now=self._clock())
 
     async def _admit(self) -> bool:
         """Wait for a send slot within the relay's health and the sending limits; False when
@@ -424,10 +494,15 @@ class SendStage:
         self.wake()
         health = self._health
         self._metrics.relay_paused = health.paused
+        if change is Change.PAUSED:
+            self._metrics.relay_incidents.labels(cause=health.cause).inc()
         if change is Change.PAUSED and self._relay_log.failed(time.monotonic()):
             log.error(
                 "relay.paused",
                 error=error,
+                cause=health.cause,
+                likely_cause=LIKELY_CAUSES.get(health.cause, LIKELY_CAUSES["relay"]),
+                evidence=health.reason or None,
                 pause_seconds=round(health.paused_until - time.monotonic(), 1),
                 note="all sending is paused; one probe per pause, no attempts spent; "
                 "logged once per incident",
@@ -437,6 +512,7 @@ class SendStage:
                 "relay.throttled",
                 error=error,
                 concurrency=health.limit,
+                evidence=health.reason or None,
                 pause_seconds=round(health.paused_until - time.monotonic(), 1),
                 note="the relay limits our rate; sending slows down, no attempts spent",
             )

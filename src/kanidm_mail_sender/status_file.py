@@ -42,6 +42,8 @@ def snapshot(engine: Engine, *, started: float, running: bool) -> dict[str, Any]
             "paused_until": now + paused_for if paused_for > 0 else None,
             "concurrency": health.limit,
             "last_error": health.last_error or None,
+            "cause": (health.cause or None) if health.paused else None,
+            "evidence": (health.reason or None) if health.paused else None,
         },
     }
 

@@ -57,6 +57,8 @@ class RelayFaults:
     # While set: every MAIL FROM gets this reply; every RCPT waits this long first.
     mail_refusal: str | None = None
     stall_in_rcpt: float = 0.0
+    # While set: every DATA gets this reply (a relay refusing our sender after DATA).
+    data_refusal: str | None = None
     # Hang up after every this many mails of a session (a relay limiting session length).
     close_after_mails: int = 0
 
@@ -129,6 +131,9 @@ class _Handler:
             replies = self._s.faults.data_replies.get(rcpt)
             if replies:
                 return replies.pop(0)
+            if self._s.faults.data_refusal is not None:
+                self._s.data_refused += 1
+                return self._s.faults.data_refusal
             auth = session.auth_data if session.authenticated else None
             login = auth.login if isinstance(auth, LoginPassword) else None
             content = envelope.original_content or envelope.content or b""
@@ -227,6 +232,7 @@ class SmtpStandIn:
         self.auth_failures = 0
         self.mail_commands = 0
         self.data_started = 0
+        self.data_refused = 0
         self._controller: UnthreadedController | None = None
         self._port = port
 
