@@ -196,3 +196,23 @@ async def test_a_template_failing_on_one_message_defers_it_and_the_rest_go(
     [failed] = [e for e in logs if e["event"] == "message.render_failed"]
     assert failed["log_level"] == "error"
     assert not any(e["event"] == "mail.rejected" for e in logs)
+
+
+async def test_a_destination_drawing_free_verdicts_while_others_go_is_counted_after_all(
+    harness_factory: Factory, kanidm: KanidmStandIn, relay: SmtpStandIn
+) -> None:
+    """A rate reply after DATA for one destination only, forever: it slows the relay, but as
+    other mail goes through meanwhile, after three free retries its attempt is spent."""
+    relay.faults.data_replies["slow@example.com"] = [
+        "454 Throttling failure: Maximum sending rate exceeded."
+    ] * 100
+    slow = kanidm.queue_test_message("slow@example.com")
+    others = [kanidm.queue_test_message(f"user{i}@example.com") for i in range(30)]
+    harness = harness_factory()
+    with capture_logs() as logs:
+        await asyncio.wait_for(harness.cycle(), 30)
+    assert set(kanidm.sent()) == set(others)
+    [state] = harness.journal.states(slow).values()
+    assert (state.state, state.attempts) == (DEFERRED, 1)
+    assert "while other mail went out" in (state.reply or "")
+    assert any(e["event"] == "mail.deferred" for e in logs)
