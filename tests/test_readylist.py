@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 import zlib
 from collections.abc import Callable
@@ -17,7 +18,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from kanidm_mail_sender import listparse
 from kanidm_mail_sender.decoding import BodyTooLarge, Decoder, UnsupportedEncoding
+from kanidm_mail_sender.errors import PlatformUnsupported
 from kanidm_mail_sender.listparse import MAX_DEPTH, ReadyListParser
 from kanidm_mail_sender.messages import MalformedMessage
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
@@ -249,3 +252,17 @@ async def test_a_gzip_list_is_read(
     harness = harness_factory()
     await asyncio.wait_for(harness.cycle(), 30)
     assert len(kanidm.sent()) == 50
+
+
+def test_the_self_check_passes_here() -> None:
+    listparse.self_check()
+
+
+def test_the_self_check_catches_a_scanner_that_swallows_a_cut_string(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What gh-106052 did on CPython 3.11.0-3.11.4: an unfinished string at the end of a
+    chunk was taken as skipped whole."""
+    monkeypatch.setattr(listparse, "_SKIP", re.compile(rb'(?:[^"{}\[\]]+|"[^"]*"?)*'))
+    with pytest.raises(PlatformUnsupported, match=r"3\.11\.5 or newer"):
+        listparse.self_check()

@@ -42,6 +42,7 @@ from kanidm_mail_sender.errors import (
     StateError,
 )
 from kanidm_mail_sender.journal import ACCEPTED, DEFERRED, EXPIRED, REJECTED
+from kanidm_mail_sender.listparse import self_check
 from kanidm_mail_sender.logs import configure_logging
 from kanidm_mail_sender.messages import TEMPLATE_KINDS
 from kanidm_mail_sender.preflight import Identity, check_not_root
@@ -274,6 +275,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return EXIT_OK
         if args.test_email is not None:
             return _test_mode(configs, args.test_email)
+        self_check()  # before any message is read: a broken re module would skip entries
         hard_exit = HardExit()
         try:
             _run(run_main(configs, environ=env, hard_exit=hard_exit))

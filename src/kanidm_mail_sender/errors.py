@@ -5,6 +5,7 @@ MailSenderError
 │   ├── TemplateError                  a message template is missing or fails to render
 │   └── ScheduleError                  the cron expression is invalid or has no future fire time
 ├── PreflightError                     refusing to start (running as root)
+├── PlatformUnsupported                this Python cannot run the daemon correctly
 ├── RetryRefused                       an operator's retry does not apply (accepted, expired)
 ├── StateError                         the state directory or its journal cannot be used
 │   └── AlreadyRunning                 another instance holds the state directory lock
@@ -42,6 +43,7 @@ __all__ = [
     "KanidmUnavailable",
     "LinkExpired",
     "MailSenderError",
+    "PlatformUnsupported",
     "PreflightError",
     "RelayError",
     "RelayMisconfigured",
@@ -72,6 +74,10 @@ class ScheduleError(ConfigError):
 
 class PreflightError(MailSenderError):
     """A start-up safety check refused to let the daemon run."""
+
+
+class PlatformUnsupported(MailSenderError):
+    """This Python (or a library under it) misbehaves in a way the daemon cannot work around."""
 
 
 class RetryRefused(MailSenderError):

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterator
 from typing import Any
 
+from kanidm_mail_sender.errors import PlatformUnsupported
 from kanidm_mail_sender.messages import MalformedMessage
 
-__all__ = ["MAX_DEPTH", "MAX_ENTRY_BYTES", "ReadyListParser"]
+__all__ = ["MAX_DEPTH", "MAX_ENTRY_BYTES", "ReadyListParser", "self_check"]
 
 MAX_ENTRY_BYTES = 1 << 20  # a real entry is about 1 KB
 MAX_DEPTH = 32  # a real entry nests 4 deep
@@ -27,9 +29,14 @@ _ID_PREFIX = 4096  # of a bad entry, kept to find its id for the log
 
 _OUTSIDE = re.compile(rb'["{}\[\]]')
 _INSIDE = re.compile(rb'["\\]')
-# Runs of bytes that are neither a bracket nor a quote, and complete strings. Possessive, so
-# it never backtracks: linear, and it stops before an unfinished string (left to _INSIDE).
-_SKIP = re.compile(rb'(?:[^"{}\[\]]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+', re.DOTALL)
+# Runs of bytes that are neither a bracket nor a quote, and complete strings; it stops before
+# an unfinished string (left to _INSIDE). No possessive quantifier or atomic group: CPython
+# 3.11.0-3.11.4 (Debian 12's 3.11.2) let a possessive one swallow an unfinished string
+# (gh-106052). The match can always end where it stands, so it never backtracks into an
+# earlier run: linear. The engine keeps a little state per run, so one call covers at most
+# _SKIP_SPAN bytes; a string cut there is finished by the quote-by-quote loop.
+_SKIP = re.compile(rb'(?:[^"{}\[\]]+|"[^"\\]*(?:\\.[^"\\]*)*")*', re.DOTALL)
+_SKIP_SPAN = 1 << 16
 _SCALAR_END = re.compile(rb"[,}\]\s]")
 _NOT_SPACE = re.compile(rb"[^ \t\r\n]")
 _ITEM_EDGE = re.compile(rb'[,{\[\]"]')
@@ -206,7 +213,7 @@ class ReadyListParser:
                 continue
             # Everything up to the next bracket, whole strings included, in one C call: the
             # loop below then turns once per bracket, not once per quote.
-            skipped = _SKIP.match(buf, pos)  # always matches, if only the empty string
+            skipped = _SKIP.match(buf, pos, pos + _SKIP_SPAN)  # matches, if only ""
             if skipped is not None:
                 pos = skipped.end()
             match = _OUTSIDE.search(buf, pos)
@@ -278,3 +285,27 @@ class ReadyListParser:
     def _expect_no_advance(char: int, allowed: bytes) -> None:
         if char not in allowed:
             raise ValueError(f"unexpected {bytes([char])!r} in the list of ready messages")
+
+
+_CHECK_BODY = (
+    b'{"resources":[{"id":"a","s":"x\\"y{[","n":[1,{"k":"]"}]},'
+    b'{"id":"b","t":"\\\\","u":"\\u00e9"}],"totalResults":2}'
+)
+
+
+def self_check(body: bytes = _CHECK_BODY) -> None:
+    """Scan a list cut at every byte and compare with ``json``; raises PlatformUnsupported
+    naming this Python when its regular-expression engine misreads it."""
+    expected = json.loads(body)["resources"]
+    for cut in range(len(body) + 1):
+        parser = ReadyListParser()
+        try:
+            found = [*parser.feed(body[:cut]), *parser.feed(body[cut:], final=True)]
+        except ValueError:
+            found = None
+        if found != expected:
+            raise PlatformUnsupported(
+                f"the ready-list scanner misreads a list cut at byte {cut} on Python "
+                f"{'.'.join(map(str, sys.version_info[:3]))}; this Python's re module is broken "
+                "(CPython 3.11.0-3.11.4 had gh-106052): use 3.11.5 or newer"
+            )
