@@ -26,13 +26,14 @@ from uuid import uuid4
 
 import structlog
 
-from kanidm_mail_sender.delivery import plan_message
-from kanidm_mail_sender.journal import ACCEPTED, STATES_BATCH, Journal
-from kanidm_mail_sender.listparse import ReadyListParser
+from kanidm_mail_sender.core.mail import MailIdentity, build_message
+from kanidm_mail_sender.core.messages import QueuedMessage, parse_resource
+from kanidm_mail_sender.core.planning import plan_message
+from kanidm_mail_sender.core.render import Renderer
+from kanidm_mail_sender.core.states import ACCEPTED
+from kanidm_mail_sender.kanidm.readylist import ReadyListParser
 from kanidm_mail_sender.logs import configure_logging
-from kanidm_mail_sender.mail import MailIdentity, build_message
-from kanidm_mail_sender.messages import QueuedMessage, parse_resource
-from kanidm_mail_sender.render import Renderer
+from kanidm_mail_sender.state.journal import STATES_BATCH, Journal
 
 
 def entry(i: int) -> dict[str, object]:

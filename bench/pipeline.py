@@ -25,15 +25,15 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-from kanidm_mail_sender import pipeline as current
-from kanidm_mail_sender.config import ClientConfig
+from kanidm_mail_sender.config.settings import ClientConfig
+from kanidm_mail_sender.kanidm import pipeline as current
 from kanidm_mail_sender.sandbox.certs import Certs, make_certs
 
 HERE = Path(__file__).resolve().parent
 
 
 def _serve(certs: Certs, ready: Any) -> None:
-    from kanidm_mail_sender.httpserver import Limits, Request, Response, serve
+    from kanidm_mail_sender.runtime.httpserver import Limits, Request, Response, serve
 
     async def handle(request: Request) -> Response:
         return Response(200, b"null")

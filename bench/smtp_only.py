@@ -26,9 +26,9 @@ from pathlib import Path
 import aiosmtplib
 
 from bench.raw_client import MAIL
-from kanidm_mail_sender.config import parse_relay_url
-from kanidm_mail_sender.mail import Envelope
-from kanidm_mail_sender.relay import SmtpRelay, build_tls_context
+from kanidm_mail_sender.config.settings import parse_relay_url
+from kanidm_mail_sender.core.mail import Envelope
+from kanidm_mail_sender.smtp.relay import SmtpRelay, build_tls_context
 
 
 def cpu() -> float:

@@ -12,18 +12,20 @@ from typing import Any
 import pytest
 import structlog
 
-from kanidm_mail_sender.app import Configs, make_auth, make_kanidm
-from kanidm_mail_sender.config import load_client_config, load_mail_config
-from kanidm_mail_sender.engine import Engine, EngineSettings
-from kanidm_mail_sender.journal import Journal
-from kanidm_mail_sender.kanidm import KanidmClient
-from kanidm_mail_sender.mail import MailIdentity
-from kanidm_mail_sender.relay import SmtpRelay, build_tls_context
-from kanidm_mail_sender.render import Renderer
+from kanidm_mail_sender.config.loading import Configs
+from kanidm_mail_sender.config.settings import load_client_config, load_mail_config
+from kanidm_mail_sender.core.mail import MailIdentity
+from kanidm_mail_sender.core.render import Renderer
+from kanidm_mail_sender.engine.engine import Engine, EngineSettings
+from kanidm_mail_sender.kanidm.client import KanidmClient
+from kanidm_mail_sender.kanidm.factory import make_kanidm
 from kanidm_mail_sender.sandbox.certs import Certs, make_certs
 from kanidm_mail_sender.sandbox.configs import write_configs
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
+from kanidm_mail_sender.smtp.factory import make_auth
+from kanidm_mail_sender.smtp.relay import SmtpRelay, build_tls_context
+from kanidm_mail_sender.state.journal import Journal
 
 TOKEN = "test-token-abc.def.ghi"
 SMTP_AUTH = ("mailer", "s3cret-pässword")

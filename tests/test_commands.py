@@ -14,13 +14,14 @@ from uuid import UUID
 import pytest
 
 from kanidm_mail_sender.cli import _parser
-from kanidm_mail_sender.commands import Context, dispatch, parse_since
+from kanidm_mail_sender.core.queueid import relay_queue_id
+from kanidm_mail_sender.core.states import DestinationState
 from kanidm_mail_sender.errors import RetryRefused
-from kanidm_mail_sender.journal import DestinationState, JournalView
-from kanidm_mail_sender.queueid import relay_queue_id
-from kanidm_mail_sender.retries import plan_retry
+from kanidm_mail_sender.ops.commands import Context, dispatch, parse_since
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
+from kanidm_mail_sender.state.retries import plan_retry
+from kanidm_mail_sender.state.view import JournalView
 
 from .test_cli import run, wait_for
 

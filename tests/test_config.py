@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import tomli_w
 
-from kanidm_mail_sender.config import (
+from kanidm_mail_sender.config.settings import (
     load_client_config,
     load_mail_config,
     parse_relay_url,
@@ -46,7 +46,7 @@ def with_(**changes: Any) -> dict[str, Any]:
 def test_defaults_match_upstream(tmp_path: Path) -> None:
     loaded = load_mail_config(write(tmp_path, GOOD), environ={})
     config = loaded.config
-    assert config.schedule == "*/5 * * * * * *"
+    assert config.schedule.expression == "*/5 * * * * * *"
     assert config.mail_connect_timeout_seconds == 15
     assert config.mail_max_connections == 4
     assert config.shutdown_grace_seconds == 5

@@ -9,13 +9,13 @@ from uuid import uuid4
 
 import pytest
 
-from kanidm_mail_sender.delivery import NO_DESTINATION, Action, backoff_delay, plan_message
-from kanidm_mail_sender.dispatch import ReportedOnce
-from kanidm_mail_sender.journal import ACCEPTED, DEFERRED, EXPIRED, REJECTED, DestinationState
-from kanidm_mail_sender.marking import RecentMarks
-from kanidm_mail_sender.messages import CredentialResetV1, QueuedMessage, TestMessageV1
-from kanidm_mail_sender.relay_health import Change, HealthSettings, RelayHealth
-from kanidm_mail_sender.replies import redact_reply
+from kanidm_mail_sender.core.messages import CredentialResetV1, QueuedMessage, TestMessageV1
+from kanidm_mail_sender.core.planning import NO_DESTINATION, Action, backoff_delay, plan_message
+from kanidm_mail_sender.core.replies import redact_reply
+from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, EXPIRED, REJECTED, DestinationState
+from kanidm_mail_sender.engine.dispatch import ReportedOnce
+from kanidm_mail_sender.engine.health import Change, HealthSettings, RelayHealth
+from kanidm_mail_sender.engine.marking import RecentMarks
 
 NOW = 1_800_000_000.0
 

@@ -17,9 +17,13 @@ import pytest
 import yaml
 
 from kanidm_mail_sender.cli import _parser, main
-from kanidm_mail_sender.config import DEFAULT_CLIENT_CONFIG, DEFAULT_MAIL_CONFIG, read_regular_file
+from kanidm_mail_sender.config.settings import (
+    DEFAULT_CLIENT_CONFIG,
+    DEFAULT_MAIL_CONFIG,
+    read_regular_file,
+)
 from kanidm_mail_sender.errors import ConfigError
-from kanidm_mail_sender.probe import probe
+from kanidm_mail_sender.ops.probe import probe
 
 ROOT = Path(__file__).parent.parent
 K8S = ROOT / "examples" / "kubernetes"
@@ -81,7 +85,7 @@ def test_permission_error_text_as_the_service_user(tmp_path: Path) -> None:
     code = (  # everything imported before the privileges go: root's Python is not nobody's
         "import os\n"
         "from pathlib import Path\n"
-        "from kanidm_mail_sender.config import read_regular_file\n"
+        "from kanidm_mail_sender.config.settings import read_regular_file\n"
         "os.setgid(65534)\n"
         "os.setuid(65534)\n"
         f"read_regular_file(Path({str(secret)!r}))\n"

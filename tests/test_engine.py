@@ -11,9 +11,9 @@ from uuid import UUID
 import pytest
 from structlog.testing import capture_logs
 
-from kanidm_mail_sender.engine import EngineSettings
+from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, EXPIRED, REJECTED
+from kanidm_mail_sender.engine.engine import EngineSettings
 from kanidm_mail_sender.errors import KanidmAuthError
-from kanidm_mail_sender.journal import ACCEPTED, DEFERRED, EXPIRED, REJECTED
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from kanidm_mail_sender.engine import EngineSettings
-from kanidm_mail_sender.journal import ACCEPTED, EXPIRED, REJECTED, Journal
+from kanidm_mail_sender.core.states import ACCEPTED, EXPIRED, REJECTED
+from kanidm_mail_sender.engine.engine import EngineSettings
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import GreetingGate, SmtpStandIn
+from kanidm_mail_sender.state.journal import Journal
 
 from .conftest import Harness
 from .test_cli import wait_for

@@ -9,14 +9,14 @@ import pytest
 import respx
 
 from kanidm_mail_sender import __version__
-from kanidm_mail_sender.config import ClientConfig
+from kanidm_mail_sender.config.settings import ClientConfig
 from kanidm_mail_sender.errors import (
     KanidmAuthError,
     KanidmNotFound,
     KanidmResponseError,
     KanidmUnavailable,
 )
-from kanidm_mail_sender.kanidm import KanidmClient, build_http_client
+from kanidm_mail_sender.kanidm.client import KanidmClient, build_http_client
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 
 MID = UUID("0a9318dc-920f-4944-9ce4-91b4322b5dad")

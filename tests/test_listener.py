@@ -17,8 +17,10 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from kanidm_mail_sender.httpserver import HttpServer, Limits, Request, Response, serve
-from kanidm_mail_sender.metrics import METRICS_LIMITS, Metrics, start_metrics_server
+from kanidm_mail_sender.config import ListenAddress
+from kanidm_mail_sender.engine import HealthView, Metrics
+from kanidm_mail_sender.runtime.httpserver import HttpServer, Limits, Request, Response, serve
+from kanidm_mail_sender.runtime.listener import METRICS_LIMITS, start_metrics_server
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 
@@ -122,7 +124,12 @@ async def test_delivery_goes_on_while_the_metrics_port_is_flooded(
     messages go out: every one is mailed and marked, and the process's descriptors and
     tasks stay within the listener's budget."""
     metrics = Metrics()
-    server = await start_metrics_server(metrics, "127.0.0.1", 0)
+
+    def view() -> HealthView:
+        ready, why = metrics.ready()
+        return HealthView(ready, why, None, 0, False, 0.0, 4, None, None, None)
+
+    server = await start_metrics_server(metrics, view, ListenAddress("127.0.0.1", 0))
     fds_before, tasks_before = open_fds(), len(asyncio.all_tasks())
     held: list[asyncio.StreamWriter] = []
     peak = {"fds": 0, "tasks": 0}

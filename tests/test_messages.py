@@ -9,14 +9,14 @@ from uuid import UUID
 
 import pytest
 
-from kanidm_mail_sender.listparse import ReadyListParser
-from kanidm_mail_sender.messages import (
+from kanidm_mail_sender.core.messages import (
     CredentialResetV1,
     MalformedMessage,
     TestMessageV1,
     UnknownTemplate,
     parse_resource,
 )
+from kanidm_mail_sender.kanidm.readylist import ReadyListParser
 
 # Example 2.5A of the spec: exactly what Kanidm serialises.
 READY: dict[str, Any] = {

@@ -13,20 +13,15 @@ from uuid import uuid4
 import httpx
 import pytest
 
+from kanidm_mail_sender.config import ListenAddress
+from kanidm_mail_sender.config.preflight import Identity, check_config_file, check_not_root
+from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, REJECTED
 from kanidm_mail_sender.errors import AlreadyRunning, ConfigError, PreflightError, StateError
-from kanidm_mail_sender.journal import (
-    ACCEPTED,
-    DEFERRED,
-    REJECTED,
-    RETENTION_SECONDS,
-    STATES_BATCH,
-    Journal,
-)
-from kanidm_mail_sender.metrics import start_metrics_server
-from kanidm_mail_sender.preflight import Identity, check_config_file, check_not_root
+from kanidm_mail_sender.runtime.listener import start_metrics_server
+from kanidm_mail_sender.runtime.sdnotify import Notifier
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
-from kanidm_mail_sender.sdnotify import Notifier
+from kanidm_mail_sender.state.journal import RETENTION_SECONDS, STATES_BATCH, Journal
 
 from .conftest import Harness
 
@@ -37,7 +32,9 @@ async def test_metrics_scraped_after_a_real_delivery(
     kanidm.queue_test_message("a@example.com")
     kanidm.queue_credential_reset("late@example.com", expires_in=-5)
     harness = harness_factory()
-    server = await start_metrics_server(harness.engine.metrics, "127.0.0.1", 0)
+    server = await start_metrics_server(
+        harness.engine.metrics, harness.engine.view, ListenAddress("127.0.0.1", 0)
+    )
     try:
         await harness.cycle()
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as http:
@@ -56,7 +53,7 @@ async def test_metrics_scraped_after_a_real_delivery(
 async def test_readiness_flips_when_the_relay_goes_away(
     harness_factory: Callable[..., Harness], kanidm: KanidmStandIn, relay: SmtpStandIn
 ) -> None:
-    from kanidm_mail_sender.engine import EngineSettings
+    from kanidm_mail_sender.engine.engine import EngineSettings
 
     harness = harness_factory(settings=EngineSettings(relay_probe_interval=0.0))
     metrics = harness.engine.metrics

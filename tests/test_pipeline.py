@@ -10,14 +10,14 @@ from uuid import UUID, uuid4
 import pytest
 
 from kanidm_mail_sender import __version__
-from kanidm_mail_sender.config import ClientConfig
+from kanidm_mail_sender.config.settings import ClientConfig
 from kanidm_mail_sender.errors import (
     KanidmAuthError,
     KanidmNotFound,
     KanidmResponseError,
     KanidmUnavailable,
 )
-from kanidm_mail_sender.pipeline import MarkPipeline, build_mark_pipeline, proxied
+from kanidm_mail_sender.kanidm.pipeline import MarkPipeline, build_mark_pipeline, proxied
 from kanidm_mail_sender.sandbox.certs import Certs
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 

@@ -16,16 +16,17 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from kanidm_mail_sender.config import parse_relay_url
+from kanidm_mail_sender.config.settings import parse_relay_url
+from kanidm_mail_sender.core.replies import Receipt
 from kanidm_mail_sender.errors import (
     DeliveryDeferred,
     DeliveryRejected,
     LinkExpired,
     RelayUnavailable,
 )
-from kanidm_mail_sender.relay import SmtpRelay, build_tls_context
 from kanidm_mail_sender.sandbox.certs import Certs
-from kanidm_mail_sender.smtp_session import (
+from kanidm_mail_sender.smtp.relay import SmtpRelay, build_tls_context
+from kanidm_mail_sender.smtp.session import (
     MAX_LINE,
     Reply,
     SessionClosed,
@@ -168,7 +169,7 @@ async def test_the_three_commands_go_in_one_write_and_the_message_in_another(
     relay = relay_for(peer, certs, peers)
     sent = envelope()
     reply = await relay.send(sent)
-    assert reply == "2.0.0 Ok: queued as Q1"
+    assert reply == Receipt("2.0.0 Ok: queued as Q1", "Q1")
     (connection,) = peer.connections
     group, body = connection.reads
     assert group == (
@@ -216,7 +217,7 @@ async def test_replies_dripped_byte_by_byte_are_read_in_order(
         await read_some(reader, conn)
 
     peer = await peers(drip)
-    assert await relay_for(peer, certs, peers).send(envelope()) == "2.0.0 dripped"
+    assert await relay_for(peer, certs, peers).send(envelope()) == Receipt("2.0.0 dripped", None)
 
 
 async def test_a_refused_recipient_is_that_recipients_failure_and_the_session_goes_on(
@@ -235,7 +236,7 @@ async def test_a_refused_recipient_is_that_recipients_failure_and_the_session_go
     relay = relay_for(peer, certs, peers)
     with pytest.raises(DeliveryRejected, match=r"the recipient: 550 5\.1\.1 no such user"):
         await relay.send(envelope("gone@example.com"))
-    assert await relay.send(envelope()) == "2.0.0 Ok: queued as Q1"
+    assert await relay.send(envelope()) == Receipt("2.0.0 Ok: queued as Q1", "Q1")
     assert len(peer.connections) == 1  # the refusal did not cost the connection
     assert b"\r\n.\r\n" not in peer.connections[0].data.split(b"RSET")[0]
 
@@ -287,7 +288,7 @@ async def test_an_answer_that_is_not_smtp_defers_and_a_fresh_connection_delivers
         await relay.send(envelope())
     assert caught.value.transport
     assert b"\r\n.\r\n" not in peer.connections[0].data  # no message went out after garbage
-    assert await relay.send(envelope()) == "2.0.0 Ok: queued as Q2"
+    assert await relay.send(envelope()) == Receipt("2.0.0 Ok: queued as Q2", "Q2")
 
 
 async def test_a_stale_reply_while_idle_retires_the_pooled_connection(
@@ -312,7 +313,7 @@ async def test_a_stale_reply_while_idle_retires_the_pooled_connection(
     await relay.send(envelope())
     await asyncio.sleep(0.15)
     # The 421 must not be taken as the next MAIL's answer: the next mail goes on a new one.
-    assert await relay.send(envelope()) == "2.0.0 Ok: queued as Q2"
+    assert await relay.send(envelope()) == Receipt("2.0.0 Ok: queued as Q2", "Q2")
     assert len(peer.connections) == 2
     assert peer.connections[0].data.count(b"MAIL FROM") == 1
 
@@ -334,10 +335,10 @@ async def test_a_close_in_the_middle_of_the_answers_defers_and_the_next_goes_fre
     relay = relay_for(peer, certs, peers)
     first = await relay.send(envelope())
     relay._idle = [(session, 0.0) for session, _ in relay._idle]  # too old: a fresh one
-    assert first == "2.0.0 Ok: queued as Q1"
+    assert first == Receipt("2.0.0 Ok: queued as Q1", "Q1")
     with pytest.raises(DeliveryDeferred, match="closed the connection during mail"):
         await relay.send(envelope())
-    assert await relay.send(envelope()) == "2.0.0 Ok: queued as Q3"
+    assert await relay.send(envelope()) == Receipt("2.0.0 Ok: queued as Q3", "Q3")
 
 
 async def test_a_reused_connection_dropped_before_its_answers_is_retried_once_fresh(
@@ -358,7 +359,7 @@ async def test_a_reused_connection_dropped_before_its_answers_is_retried_once_fr
     peer = await peers(one_mail_then_silence)
     relay = relay_for(peer, certs, peers)
     await relay.send(envelope())
-    assert await relay.send(envelope()) == "2.0.0 Ok: queued as Q2"
+    assert await relay.send(envelope()) == Receipt("2.0.0 Ok: queued as Q2", "Q2")
     assert len(peer.connections) == 2
 
 

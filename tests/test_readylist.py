@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from kanidm_mail_sender import listparse
-from kanidm_mail_sender.decoding import BodyTooLarge, Decoder, UnsupportedEncoding
+from kanidm_mail_sender.core.messages import MalformedMessage
 from kanidm_mail_sender.errors import PlatformUnsupported
-from kanidm_mail_sender.listparse import MAX_DEPTH, ReadyListParser
-from kanidm_mail_sender.messages import MalformedMessage
+from kanidm_mail_sender.kanidm import readylist as listparse
+from kanidm_mail_sender.kanidm.decoding import BodyTooLarge, Decoder, UnsupportedEncoding
+from kanidm_mail_sender.kanidm.readylist import MAX_DEPTH, ReadyListParser
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from kanidm_mail_sender.journal import ACCEPTED, DEFERRED, REJECTED
+from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, REJECTED
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 

@@ -11,7 +11,10 @@ from uuid import uuid4
 
 import pytest
 
-from kanidm_mail_sender.config import parse_relay_url
+from kanidm_mail_sender.config.settings import parse_relay_url
+from kanidm_mail_sender.core.mail import Envelope, MailIdentity, build_message
+from kanidm_mail_sender.core.messages import TestMessageV1
+from kanidm_mail_sender.core.render import Renderer
 from kanidm_mail_sender.errors import (
     DeliveryDeferred,
     DeliveryRejected,
@@ -19,13 +22,10 @@ from kanidm_mail_sender.errors import (
     RelayThrottled,
     RelayUnavailable,
 )
-from kanidm_mail_sender.mail import Envelope, MailIdentity, build_message
-from kanidm_mail_sender.messages import TestMessageV1
-from kanidm_mail_sender.relay import SmtpRelay, build_tls_context
-from kanidm_mail_sender.render import Renderer
 from kanidm_mail_sender.sandbox.certs import Certs
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
-from kanidm_mail_sender.smtp_auth import PasswordAuth
+from kanidm_mail_sender.smtp.auth import PasswordAuth
+from kanidm_mail_sender.smtp.relay import SmtpRelay, build_tls_context
 
 from .conftest import SMTP_AUTH
 
@@ -84,9 +84,10 @@ async def test_mail_arrives_with_headers_and_body(
     stand_in = await relay_factory(mode=mode)
     smtp = client(stand_in, certs)
     sent = envelope()
-    reply = await smtp.send(sent)
+    receipt = await smtp.send(sent)
     await smtp.close()
-    assert "queued" in reply
+    assert "queued" in receipt.reply
+    assert receipt.queue_id == "Q1"
     (mail,) = stand_in.mails
     assert mail.mail_from == "idm@example.com"
     assert mail.rcpt_tos == ["rcpt@example.com"]

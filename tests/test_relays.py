@@ -17,13 +17,12 @@ import pytest
 from authlib.integrations.base_client import OAuthError
 from structlog.testing import capture_logs
 
-from kanidm_mail_sender.app import run_check
-from kanidm_mail_sender.config import load_mail_config
+from kanidm_mail_sender.config.oauth import Grant, oauth2_settings
+from kanidm_mail_sender.config.preflight import Identity
+from kanidm_mail_sender.config.settings import load_mail_config
+from kanidm_mail_sender.core.ratelimit import Rate, SendLimiter, parse_rates
 from kanidm_mail_sender.errors import RelayMisconfigured, RelayUnavailable
-from kanidm_mail_sender.oauth import classify_token_error
-from kanidm_mail_sender.oauth_config import Grant, oauth2_settings
-from kanidm_mail_sender.preflight import Identity
-from kanidm_mail_sender.ratelimit import Rate, SendLimiter, parse_rates
+from kanidm_mail_sender.ops.oneshot import run_check
 from kanidm_mail_sender.sandbox.certs import Certs
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.oauth_server import (
@@ -32,6 +31,7 @@ from kanidm_mail_sender.sandbox.oauth_server import (
     make_service_account,
 )
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
+from kanidm_mail_sender.smtp.oauth import classify_token_error
 
 from .conftest import Harness
 from .test_cli import wait_for

@@ -13,10 +13,11 @@ from uuid import UUID
 
 import pytest
 
+from kanidm_mail_sender.core.links import InstanceUrl, action_url
+from kanidm_mail_sender.core.mail import MailIdentity, build_message, stable_message_id
+from kanidm_mail_sender.core.messages import CredentialResetV1, TestMessageV1
+from kanidm_mail_sender.core.render import Renderer, rfc5322_utc
 from kanidm_mail_sender.errors import TemplateError
-from kanidm_mail_sender.mail import MailIdentity, build_message, stable_message_id
-from kanidm_mail_sender.messages import CredentialResetV1, TestMessageV1
-from kanidm_mail_sender.render import Renderer, action_url, rfc5322_utc
 
 MID = UUID("6f1c2d4e-8a3b-4c5d-9e7f-0123456789ab")
 RESET = CredentialResetV1(
@@ -70,7 +71,7 @@ def test_test_message_content() -> None:
     ],
 )
 def test_links_replace_the_path_and_append_the_token(base: str, expected: str) -> None:
-    assert action_url(base, "/ui/reset", "a b") == expected
+    assert action_url(InstanceUrl(base), "/ui/reset", "a b") == expected
 
 
 def test_override_replaces_one_file_and_the_rest_fall_back(tmp_path: Path) -> None:
@@ -204,7 +205,7 @@ def test_links_are_what_urlencode_and_urlunsplit_give(base: str, intent: str) ->
     expected = urllib.parse.urlunsplit(
         (parts.scheme, parts.netloc, "/ui/reset", query, parts.fragment)
     )
-    assert action_url(base, "/ui/reset", intent) == expected
+    assert action_url(InstanceUrl(base), "/ui/reset", intent) == expected
 
 
 @pytest.mark.parametrize(

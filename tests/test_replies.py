@@ -19,6 +19,16 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from kanidm_mail_sender.core.replies import Cause, Refusal, Stage, Verdict, read_reply, reply_shape
+from kanidm_mail_sender.core.states import DEFERRED, EXPIRED, REJECTED
+from kanidm_mail_sender.engine.evidence import Evidence, EvidenceRules, Seen, judge
+from kanidm_mail_sender.engine.outcomes import (
+    HealthEvent,
+    Next,
+    counted_after_all,
+    outcome,
+    spent_after_all,
+)
 from kanidm_mail_sender.errors import (
     DeliveryDeferred,
     DeliveryRejected,
@@ -27,16 +37,6 @@ from kanidm_mail_sender.errors import (
     RelayUnavailable,
     TemplateError,
 )
-from kanidm_mail_sender.evidence import Evidence, EvidenceRules, Seen, judge
-from kanidm_mail_sender.journal import DEFERRED, EXPIRED, REJECTED
-from kanidm_mail_sender.outcomes import (
-    HealthEvent,
-    Next,
-    counted_after_all,
-    outcome,
-    spent_after_all,
-)
-from kanidm_mail_sender.replies import Cause, Refusal, Stage, Verdict, read_reply, reply_shape
 
 C, A, M, R, D = Stage.CONNECT, Stage.AUTH, Stage.MAIL, Stage.RCPT, Stage.DATA
 DEFER, REJECT, DOWN, SLOW = Verdict.DEFER, Verdict.REJECT, Verdict.RELAY_DOWN, Verdict.THROTTLE

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from kanidm_mail_sender.core.schedule import DEFAULT_SCHEDULE, parse_schedule
 from kanidm_mail_sender.errors import ScheduleError
-from kanidm_mail_sender.schedule import DEFAULT_SCHEDULE, parse_schedule
 
 START = datetime(2025, 2, 27, 23, 59, 58, 300000, tzinfo=UTC)
 

@@ -30,10 +30,17 @@ from uuid import UUID
 
 import structlog
 
-from kanidm_mail_sender import __version__, commands
-from kanidm_mail_sender.app import load_configs, render_preview, run_check, run_main, send_test
-from kanidm_mail_sender.commands import parse_since
-from kanidm_mail_sender.config import DEFAULT_CLIENT_CONFIG, DEFAULT_MAIL_CONFIG
+from kanidm_mail_sender import __version__
+from kanidm_mail_sender.config import (
+    DEFAULT_CLIENT_CONFIG,
+    DEFAULT_MAIL_CONFIG,
+    Configs,
+    Identity,
+    check_not_root,
+    load_configs,
+)
+from kanidm_mail_sender.core import ACCEPTED, DEFERRED, EXPIRED, REJECTED
+from kanidm_mail_sender.core.messages import TEMPLATE_KINDS
 from kanidm_mail_sender.errors import (
     ConfigError,
     MailSenderError,
@@ -41,13 +48,8 @@ from kanidm_mail_sender.errors import (
     RelayError,
     StateError,
 )
-from kanidm_mail_sender.journal import ACCEPTED, DEFERRED, EXPIRED, REJECTED
-from kanidm_mail_sender.listparse import self_check
 from kanidm_mail_sender.logs import configure_logging
-from kanidm_mail_sender.messages import TEMPLATE_KINDS
-from kanidm_mail_sender.preflight import Identity, check_not_root
-from kanidm_mail_sender.probe import probe
-from kanidm_mail_sender.signals import HardExit
+from kanidm_mail_sender.ops import commands, parse_since, probe
 
 __all__ = ["EXIT_CONFIG", "EXIT_FATAL", "EXIT_OK", "main"]
 
@@ -249,6 +251,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     ids = Identity.current()
     try:
         if args.check:
+            from kanidm_mail_sender.ops.oneshot import run_check
+
             ok = _run(
                 run_check(
                     args.client_config,
@@ -270,11 +274,19 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         for warning in warnings:
             log.warning("config.warning", detail=warning)
         if args.render is not None:
+            from kanidm_mail_sender.ops.oneshot import render_preview
+
             sys.stdout.buffer.write(render_preview(configs.mail, args.render))
             sys.stdout.flush()
             return EXIT_OK
         if args.test_email is not None:
             return _test_mode(configs, args.test_email)
+        # The daemon's own code loads only here: the operator commands and the probe never
+        # load the relay, the templates or the engine.
+        from kanidm_mail_sender.kanidm import self_check
+        from kanidm_mail_sender.runtime import run_main
+        from kanidm_mail_sender.runtime.signals import HardExit
+
         self_check()  # before any message is read: a broken re module would skip entries
         hard_exit = HardExit()
         try:
@@ -298,10 +310,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     return EXIT_OK
 
 
-def _test_mode(configs: object, address: str) -> int:
-    from kanidm_mail_sender.app import Configs
+def _test_mode(configs: Configs, address: str) -> int:
+    from kanidm_mail_sender.ops.oneshot import send_test
 
-    assert isinstance(configs, Configs)
     log = structlog.get_logger("kanidm_mail_sender")
     try:
         reply = _run(send_test(configs, address))

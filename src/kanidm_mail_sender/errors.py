@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from kanidm_mail_sender.replies import Refusal
+    from kanidm_mail_sender.core.replies import Refusal
 
 __all__ = [
     "AlreadyRunning",

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-from kanidm_mail_sender.httpserver import HttpServer, Limits, Request, Response, serve
+from kanidm_mail_sender.runtime.httpserver import HttpServer, Limits, Request, Response, serve
 
 __all__ = ["KanidmStandIn", "StoredMessage"]
 

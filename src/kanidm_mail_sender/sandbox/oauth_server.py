@@ -19,7 +19,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
-from kanidm_mail_sender.httpserver import HttpServer, Request, Response, serve
+from kanidm_mail_sender.runtime.httpserver import HttpServer, Request, Response, serve
 
 __all__ = ["ServiceAccountKey", "TokenEndpoint", "make_service_account"]
 

@@ -1,0 +1,86 @@
+"""Pure delivery decisions: what to do with a queued message given the journal and the clock."""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from kanidm_mail_sender.core.messages import CredentialResetV1, QueuedMessage
+from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, EXPIRED, REJECTED, DestinationState
+
+__all__ = ["NO_DESTINATION", "Action", "Plan", "backoff_delay", "plan_message"]
+
+# The journal row that records "this message has no destination at all".
+NO_DESTINATION = ""
+
+
+class Action(enum.Enum):
+    """What the engine should do with a message at this poll."""
+
+    SEND = "send"  # some destinations are due: mail them
+    MARK = "mark"  # every destination was accepted: only mark it sent
+    EXPIRE = "expire"  # a credential reset whose link has expired: journal it, never mail it
+    NO_DESTINATION = "no_destination"  # nothing to send to: journal it, leave it queued
+    WAIT = "wait"  # deferred destinations are not due yet
+    DONE = "done"  # already handled for good (expired, or failed permanently)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The decision for one message; ``due`` lists the destinations to try now, and
+    ``attempts`` how often each of them was tried before."""
+
+    action: Action
+    due: tuple[str, ...] = ()
+    accepted: frozenset[str] = frozenset()
+    attempts: Mapping[str, int] = field(default_factory=dict)
+
+
+def plan_message(
+    message: QueuedMessage, states: Mapping[str, DestinationState], now: float
+) -> Plan:
+    """Decide what to do with ``message`` at wall-clock time ``now``."""
+    if any(s.state == EXPIRED for s in states.values()) or NO_DESTINATION in states:
+        return Plan(Action.DONE)
+    if not message.destinations:
+        return Plan(Action.NO_DESTINATION)
+    accepted = frozenset(d for d in message.destinations if _state(states, d) == ACCEPTED)
+    if len(accepted) == len(message.destinations):
+        return Plan(Action.MARK, accepted=accepted)
+    template = message.template
+    if isinstance(template, CredentialResetV1) and template.expiry_time.timestamp() <= now:
+        return Plan(Action.EXPIRE, accepted=accepted)
+    due = tuple(d for d in message.destinations if _is_due(states.get(d), now))
+    if due:
+        attempts = {d: states[d].attempts for d in due if d in states}
+        return Plan(Action.SEND, due=due, accepted=accepted, attempts=attempts)
+    waiting = any(_state(states, d) == DEFERRED for d in message.destinations)
+    return Plan(Action.WAIT if waiting else Action.DONE, accepted=accepted)
+
+
+def _state(states: Mapping[str, DestinationState], destination: str) -> str | None:
+    found = states.get(destination)
+    return None if found is None else found.state
+
+
+def _is_due(state: DestinationState | None, now: float) -> bool:
+    if state is None:
+        return True
+    if state.state in (ACCEPTED, REJECTED, EXPIRED):
+        return False
+    return state.next_attempt is None or state.next_attempt <= now
+
+
+def backoff_delay(
+    attempts: int,
+    *,
+    initial: float,
+    maximum: float,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Exponential backoff with ±25 % jitter: about ``initial`` after the first failure,
+    doubling each time, never above ``maximum``."""
+    base = min(maximum, initial * 2.0 ** max(attempts - 1, 0))
+    return min(maximum, base * (0.75 + rand() / 2))

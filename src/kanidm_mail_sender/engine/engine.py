@@ -1,0 +1,295 @@
+"""The engine: owns the stages (dispatch, send, mark) and their queues, and stops them.
+
+Each stage has its own bound: the send queue holds ``queue_size`` jobs, the marking stage at
+most ``mark_capacity`` outstanding marks, the relay's health at most ``send_workers``
+concurrent sends. A stalled relay never delays marks of accepted mail or the next poll; a
+stalled Kanidm never delays sending what is already queued. ``shutdown()`` never waits on a
+task without a deadline, whatever a library does with cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from uuid import UUID
+
+import structlog
+
+from kanidm_mail_sender.core.mail import MailIdentity
+from kanidm_mail_sender.core.ratelimit import Rate, SendLimiter
+from kanidm_mail_sender.core.render import Renderer
+from kanidm_mail_sender.engine.dispatch import Dispatcher, DispatchSettings, drain
+from kanidm_mail_sender.engine.health import HealthSettings, RelayHealth
+from kanidm_mail_sender.engine.inflight import InFlight, Phase, StageContext
+from kanidm_mail_sender.engine.marking import MarkSettings, MarkStage
+from kanidm_mail_sender.engine.metrics import Metrics
+from kanidm_mail_sender.engine.sending import Job, MailTransport, SendSettings, SendStage
+from kanidm_mail_sender.errors import MailSenderError, StateError
+from kanidm_mail_sender.state.journal import Journal
+
+__all__ = ["CutOff", "Engine", "EngineSettings", "MailTransport", "MessageSource"]
+
+log = structlog.get_logger("kanidm_mail_sender.engine")
+
+# After the grace period, cancelled tasks get this long to finish before they are abandoned.
+CANCEL_DEADLINE = 1.0
+_LISTED_IDS = 1000  # at most this many ids per list in the cut-off log line
+
+
+class MessageSource(Protocol):
+    """Kanidm, as the engine sees it."""
+
+    def ready(self) -> AsyncGenerator[Any, None]: ...
+
+    async def mark_sent(self, message_id: UUID) -> None: ...
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Tuning of the engine; defaults match the config file's."""
+
+    send_workers: int = 4
+    queue_size: int = 256
+    mark_capacity: int = 20_000
+    retry_initial: float = 30.0
+    retry_max: float = 3600.0
+    mark_retry_initial: float = 1.0
+    mark_retry_max: float = 60.0
+    list_retry_initial: float = 5.0
+    list_retry_max: float = 300.0
+    relay_pause_initial: float = 5.0
+    relay_pause_max: float = 300.0
+    rate_limits: tuple[Rate, ...] = ()
+    throttle_initial: float = 2.0
+    throttle_max: float = 120.0
+    log_interval: float = 300.0  # repeated identical failures are logged at most this often
+    relay_probe_interval: float | None = None  # probe an idle relay for /readyz
+
+
+@dataclass(frozen=True)
+class CutOff:
+    """What a stop left unfinished."""
+
+    awaiting_mark: list[UUID] = field(default_factory=list)  # accepted, journalled, unmarked
+    interrupted: list[UUID] = field(default_factory=list)  # a send was under way
+    not_sent: list[UUID] = field(default_factory=list)  # still queued: never sent
+    stuck_tasks: int = 0  # tasks that ignored cancellation and were abandoned
+
+    def __bool__(self) -> bool:
+        return bool(self.awaiting_mark or self.interrupted or self.not_sent)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthView:
+    """One look at the daemon's health (relay times in seconds from now)."""
+
+    ready: bool
+    why: str
+    last_poll: tuple[float, str | None] | None  # Unix time, and the error if it failed
+    listed: int  # ready messages the last successful poll listed
+    paused: bool
+    paused_for: float
+    concurrency: int
+    last_error: str | None
+    cause: str | None
+    evidence: str | None
+
+
+class Engine:
+    """``start()``, then ``poll()`` once per fire time, ``shutdown()`` at the end."""
+
+    def __init__(
+        self,
+        *,
+        source: MessageSource,
+        transport: MailTransport,
+        journal: Journal,
+        renderer: Renderer,
+        identity: MailIdentity,
+        settings: EngineSettings,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        s = settings
+        self._settings = s
+        self._transport = transport
+        self._journal = journal
+        self.metrics = metrics or Metrics()
+        self._clock = clock
+        self.fatal: MailSenderError | None = None
+        self.fatal_event = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.inflight = InFlight()
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(s.queue_size)
+        self.health = RelayHealth(
+            HealthSettings(
+                max_concurrency=s.send_workers,
+                pause_initial=s.relay_pause_initial,
+                pause_max=s.relay_pause_max,
+                throttle_initial=s.throttle_initial,
+                throttle_max=s.throttle_max,
+            )
+        )
+        context = StageContext(self.inflight, self.metrics, self.stopping, self._fail, clock)
+        self.marks = MarkStage(
+            context=context,
+            marker=source,
+            settings=MarkSettings(
+                capacity=s.mark_capacity,
+                retry_initial=s.mark_retry_initial,
+                retry_max=s.mark_retry_max,
+                log_interval=s.log_interval,
+            ),
+        )
+        self.sending = SendStage(
+            context=context,
+            transport=transport,
+            journal=journal,
+            renderer=renderer,
+            identity=identity,
+            queue=self._queue,
+            marks=self.marks,
+            health=self.health,
+            limiter=_limiter(s.rate_limits, journal, clock()),
+            settings=SendSettings(
+                retry_initial=s.retry_initial, retry_max=s.retry_max, log_interval=s.log_interval
+            ),
+        )
+        self.dispatcher = Dispatcher(
+            context=context,
+            source=source,
+            journal=journal,
+            queue=self._queue,
+            marks=self.marks,
+            settings=DispatchSettings(
+                list_retry_initial=s.list_retry_initial,
+                list_retry_max=s.list_retry_max,
+                log_interval=s.log_interval,
+            ),
+        )
+        self._workers: list[asyncio.Task[None]] = []
+        self._last_probe = -1e18
+
+    def start(self) -> None:
+        """Start the send workers."""
+        self._workers = [
+            asyncio.create_task(self.sending.worker(), name=f"send-{i}")
+            for i in range(self._settings.send_workers)
+        ]
+
+    @property
+    def busy(self) -> bool:
+        """Whether any message is queued, being sent or waiting for its mark."""
+        return bool(self.inflight)
+
+    async def idle(self) -> None:
+        """Wait until nothing is in flight, or a fatal error (tests and the benchmark)."""
+        drained = asyncio.ensure_future(self.inflight.wait_empty())
+        fatal = asyncio.ensure_future(self.fatal_event.wait())
+        await asyncio.wait([drained, fatal], return_when=asyncio.FIRST_COMPLETED)
+        drained.cancel()
+        fatal.cancel()
+
+    def _fail(self, error: MailSenderError) -> None:
+        if self.fatal is None:
+            self.fatal = error
+            log.error("daemon.fatal", error=str(error))
+        if isinstance(error, StateError):
+            self.metrics.journal_failing = True
+        self.fatal_event.set()
+        self._begin_stop()
+
+    def _begin_stop(self) -> None:
+        self.stopping.set()
+        self.metrics.stopping = True
+        self.sending.wake()
+
+    async def poll(self, *, feed_seconds: float | None = None) -> None:
+        """One poll of the ready list (see :class:`Dispatcher`)."""
+        await self._maybe_probe_relay()
+        await self.dispatcher.poll(feed_seconds=feed_seconds)
+
+    async def _maybe_probe_relay(self) -> None:
+        interval = self._settings.relay_probe_interval
+        if interval is None or self.inflight or self.health.paused:
+            return
+        now = time.monotonic()
+        ok_at = self.metrics.relay_ok_at
+        if (ok_at is not None and now - ok_at < interval) or now - self._last_probe < interval:
+            return
+        self._last_probe = now
+        try:
+            await self._transport.check()
+        except MailSenderError as exc:
+            self.metrics.relay_ok_at = None
+            log.warning("relay.probe_failed", error=str(exc))
+        else:
+            self.metrics.relay_ok()
+
+    def view(self) -> HealthView:
+        """The daemon's health now, as one value: read by ``/readyz``, ``status.json`` and,
+        through that file, the probe."""
+        health = self.health
+        ready, why = self.metrics.ready()
+        return HealthView(
+            ready=ready,
+            why=why,
+            last_poll=self.dispatcher.last_poll,
+            listed=self.dispatcher.listed,
+            paused=health.paused,
+            paused_for=max(0.0, health.paused_until - time.monotonic()),
+            concurrency=health.limit,
+            last_error=health.last_error or None,
+            cause=(health.cause or None) if health.paused else None,
+            evidence=(health.reason or None) if health.paused else None,
+        )
+
+    async def shutdown(self, grace: float) -> CutOff:
+        """Stop taking work; let sends and marks in flight finish within ``grace`` seconds
+        (at once if there are none), cancel the rest, and report what was cut off."""
+        self._begin_stop()
+        not_sent = drain(self._queue, self.inflight)
+        if self.inflight:
+            waiter = asyncio.ensure_future(self.inflight.wait_empty())
+            await asyncio.wait([waiter], timeout=grace)
+            waiter.cancel()
+        interrupted = self.inflight.in_phase(Phase.SENDING)
+        awaiting = sorted({*self.inflight.in_phase(Phase.MARKING), *self.marks.given_up})
+        tasks = [*self._workers, *self.marks.tasks]
+        for task in tasks:
+            task.cancel()
+        stuck = 0
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=CANCEL_DEADLINE)
+            stuck = len(pending)
+        await self._journal.drain(within=CANCEL_DEADLINE)
+        not_sent += [m for m in self.sending.abandoned if m not in awaiting]
+        cut = CutOff(awaiting, interrupted, sorted(set(not_sent)), stuck)
+        if cut or stuck:
+            log.warning(
+                "shutdown.cut_off",
+                awaiting_mark=len(cut.awaiting_mark),
+                interrupted=len(cut.interrupted),
+                not_sent=len(cut.not_sent),
+                stuck_tasks=stuck,
+                awaiting_mark_ids=[str(m) for m in cut.awaiting_mark[:_LISTED_IDS]],
+                interrupted_ids=[str(m) for m in cut.interrupted[:_LISTED_IDS]],
+                not_sent_ids=[str(m) for m in cut.not_sent[:_LISTED_IDS]],
+                note="awaiting_mark: accepted by the relay and journalled, marked at next "
+                "start without mailing again; interrupted: a send was under way, retried at "
+                "next start (a duplicate is possible if the relay had accepted it); not_sent: "
+                "never sent, still in Kanidm's queue",
+            )
+        return cut
+
+
+def _limiter(rates: tuple[Rate, ...], journal: Journal, now: float) -> SendLimiter | None:
+    """The sending limits, with the sends the journal holds within the longest window: a
+    restart (or a crash loop) starts from the day's count, not from zero."""
+    if not rates:
+        return None
+    longest = max(rate.window for rate in rates)
+    return SendLimiter(rates, journal.recent_sends(now - longest))

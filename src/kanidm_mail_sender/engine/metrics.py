@@ -1,0 +1,108 @@
+"""Prometheus metrics and the readiness state that ``/readyz`` reports."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+__all__ = ["RELAY_FRESHNESS_SECONDS", "Metrics"]
+
+# Ready means: the last poll succeeded, and the relay worked (or was checked) this recently.
+RELAY_FRESHNESS_SECONDS = 300.0
+
+
+class Metrics:
+    """Counters and gauges of one daemon, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.delivered = Counter(
+            "kanidm_mail_sender_delivered", "Mails accepted by the relay.", registry=r
+        )
+        self.transient_failures = Counter(
+            "kanidm_mail_sender_transient_failures",
+            "Deliveries deferred (4xx, timeouts, lost connections).",
+            registry=r,
+        )
+        self.permanent_failures = Counter(
+            "kanidm_mail_sender_permanent_failures",
+            "Deliveries refused for good (5xx, invalid address, no destination).",
+            registry=r,
+        )
+        self.expired = Counter(
+            "kanidm_mail_sender_expired",
+            "Credential resets not mailed because expired.",
+            registry=r,
+        )
+        self.marked_sent = Counter(
+            "kanidm_mail_sender_marked_sent", "Messages marked sent in Kanidm.", registry=r
+        )
+        self.queue_size = Gauge(
+            "kanidm_mail_sender_queue_size", "Ready messages listed by the last poll.", registry=r
+        )
+        self.last_poll = Gauge(
+            "kanidm_mail_sender_last_successful_poll_timestamp_seconds",
+            "Unix time of the last successful poll.",
+            registry=r,
+        )
+        self.oldest_age = Gauge(
+            "kanidm_mail_sender_oldest_ready_message_age_seconds",
+            "Age of the oldest ready message at the last poll.",
+            registry=r,
+        )
+        self.rate_limited = Gauge(
+            "kanidm_mail_sender_rate_limited_sends",
+            "Sends waiting now because mail_rate_limit is reached.",
+            registry=r,
+        )
+        self.rate_limit_wait = Counter(
+            "kanidm_mail_sender_rate_limit_wait_seconds",
+            "Seconds sends spent waiting for mail_rate_limit, summed over the workers.",
+            registry=r,
+        )
+        self.relay_incidents = Counter(
+            "kanidm_mail_sender_relay_pauses",
+            "Relay-wide pauses begun, by cause: relay (down or closing), sender (our From "
+            "or account refused), quota (sending quota reached), burst (the same refusal "
+            "after DATA for several destinations in a row).",
+            ["cause"],
+            registry=r,
+        )
+        for cause in ("relay", "sender", "quota", "burst"):
+            self.relay_incidents.labels(cause=cause)
+        self.put_back = Counter(
+            "kanidm_mail_sender_put_back",
+            "Destinations rejected in a burst, then deferred again when it was recognised.",
+            registry=r,
+        )
+        self.poll_ok = False
+        self.relay_ok_at: float | None = None
+        self.relay_paused = False
+        self.journal_failing = False
+        self.stopping = False  # stopping or fatal: both probes answer 503
+
+    def relay_ok(self) -> None:
+        """The relay accepted a mail or a check just now."""
+        self.relay_ok_at = time.monotonic()
+        self.relay_paused = False
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether to report ready, and why not."""
+        if self.stopping:
+            return False, "the daemon is stopping"
+        if self.journal_failing:
+            return False, "the delivery journal cannot be written"
+        if not self.poll_ok:
+            return False, "the last poll of Kanidm failed or none has run yet"
+        if self.relay_paused:
+            return False, "sending is paused after a relay-wide failure"
+        ok_at = self.relay_ok_at
+        if ok_at is None or time.monotonic() - ok_at > RELAY_FRESHNESS_SECONDS:
+            return False, "the relay has not been reached recently"
+        return True, "ok"
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,177 @@
+"""The one-shot modes: ``-t`` (a test mail), ``--render`` (a sample mail) and ``--check``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+from uuid import uuid4
+
+from kanidm_mail_sender.config import (
+    Configs,
+    Identity,
+    MailSenderConfig,
+    load_configs,
+    resolve_state_dir,
+)
+from kanidm_mail_sender.core.addresses import check_address
+from kanidm_mail_sender.core.mail import MailIdentity, build_message
+from kanidm_mail_sender.core.messages import TestMessageV1
+from kanidm_mail_sender.core.render import SAMPLE_MESSAGE_ID, Renderer, sample_template
+from kanidm_mail_sender.errors import MailSenderError, RelayError
+from kanidm_mail_sender.kanidm import make_kanidm
+from kanidm_mail_sender.smtp import XOAuth2Auth, make_relay
+
+__all__ = ["TEST_DISPLAY_NAME", "render_preview", "run_check", "send_test"]
+
+TEST_DISPLAY_NAME = "KANIDM MAIL SENDER TEST"
+
+
+def _renderer(config: MailSenderConfig) -> Renderer:
+    return Renderer.checked(
+        instance_display_name=config.instance_display_name,
+        instance_url=config.instance_url,
+        template_dir=config.template_dir,
+    )
+
+
+def _identity(config: MailSenderConfig, display_name: str | None = None) -> MailIdentity:
+    return MailIdentity(
+        display_name=display_name or config.instance_display_name,
+        from_address=config.mail_from_address,
+        reply_to_address=config.mail_reply_to_address,
+    )
+
+
+async def send_test(configs: Configs, address: str) -> str:
+    """Send one test message to ``address`` without calling Kanidm; returns the relay reply."""
+    config = configs.mail
+    config.schedule.require_future(datetime.now(UTC))
+    renderer = _renderer(config)
+    relay = make_relay(config)
+    message_id = uuid4()
+    rendered = renderer.render(
+        TestMessageV1(TEST_DISPLAY_NAME), message_id=message_id, destination=address
+    )
+    try:
+        check_address(address)
+    except ValueError as exc:
+        raise RelayError(f"cannot send to {address!r}: {exc}") from None
+    envelope = build_message(
+        rendered,
+        identity=_identity(config),
+        destination=address,
+        message_id=message_id,
+        date=datetime.now(UTC),
+    )
+    try:
+        return (await relay.send(envelope)).reply
+    finally:
+        await relay.close()
+
+
+def render_preview(config: MailSenderConfig, kind: str) -> bytes:
+    """The complete mail that ``kind`` would produce for sample data."""
+    renderer = _renderer(config)
+    now = datetime.now(UTC)
+    rendered = renderer.render(
+        sample_template(kind, now), message_id=SAMPLE_MESSAGE_ID, destination="alice@example.com"
+    )
+    return build_message(
+        rendered,
+        identity=_identity(config),
+        destination="alice@example.com",
+        message_id=SAMPLE_MESSAGE_ID,
+        date=now,
+    ).data
+
+
+async def run_check(
+    client_path: Path, mail_path: Path, *, environ: Mapping[str, str], ids: Identity, out: TextIO
+) -> bool:
+    """Check everything a first real send depends on; prints one line per check."""
+    ok = True
+
+    def line(status: str, what: str, detail: str) -> None:
+        nonlocal ok
+        ok = ok and status != "FAIL"
+        print(f"{status:<4} {what}: {detail}", file=out, flush=True)
+
+    try:
+        configs, warnings = load_configs(client_path, mail_path, environ=environ, ids=ids)
+    except MailSenderError as exc:
+        line("FAIL", "configuration", str(exc))
+        return False
+    line("ok", "configuration", f"{client_path} and {mail_path} are valid")
+    for warning in warnings:
+        line("warn", "configuration", warning)
+    config = configs.mail
+    checks: list[tuple[str, Callable[[], object]]] = [
+        ("templates", lambda: _renderer(config)),
+        ("schedule", lambda: config.schedule.require_future(datetime.now(UTC))),
+    ]
+    for name, check in checks:
+        try:
+            check()
+        except MailSenderError as exc:
+            line("FAIL", name, str(exc))
+        else:
+            line("ok", name, "valid")
+    state_dir = resolve_state_dir(config, environ)
+    if os.access(state_dir, os.W_OK) or (
+        not state_dir.exists() and os.access(state_dir.parent, os.W_OK)
+    ):
+        line("ok", "state directory", f"{state_dir} is writable")
+    else:
+        line("FAIL", "state directory", f"{state_dir} is not writable by this user")
+    kanidm = make_kanidm(configs)
+    try:
+        count = await kanidm.count_ready()
+    except MailSenderError as exc:
+        line("FAIL", "kanidm", str(exc))
+    else:
+        line("ok", "kanidm", f"the token works; {count} message(s) ready")
+        if count == 0:
+            line(
+                "warn",
+                "kanidm",
+                "an empty queue is also what a token outside "
+                "idm_message_senders sees; check the account's group if mail never flows",
+            )
+    finally:
+        await kanidm.aclose()
+    await _check_relay(config, line)
+    return ok
+
+
+async def _check_relay(config: MailSenderConfig, line: Callable[[str, str, str], None]) -> None:
+    """Token (for XOAUTH2), TLS and AUTH with the relay, then the sending limits."""
+    limits = config.mail_rate_limit
+    if limits:
+        line("ok", "rate limit", ", ".join(str(rate) for rate in limits) + " across connections")
+    relay = make_relay(config)
+    try:
+        if isinstance(relay.auth, XOAuth2Auth):
+            settings = relay.auth.tokens.settings
+            try:
+                token = await relay.auth.tokens.current()
+            except MailSenderError as exc:
+                line("FAIL", "oauth2", f"{settings.grant.value} grant: {exc}")
+                return
+            line(
+                "ok",
+                "oauth2",
+                f"{settings.grant.value} grant: token from {settings.token_url} for "
+                f"{settings.username}: lives {round(token.lifetime)} s, scopes granted: "
+                f"{token.scope or '(not stated)'}",
+            )
+        await relay.check()
+    except MailSenderError as exc:
+        line("FAIL", "relay", f"{config.relay.describe()}: {exc}")
+    else:
+        auth = relay.auth.describe() if relay.auth else "no authentication configured"
+        line("ok", "relay", f"{config.relay.describe()}: TLS verified, {auth}")
+    finally:
+        await relay.close()

@@ -1,0 +1,52 @@
+"""``--probe``: a quiet health check for container engines (one line, no traceback).
+
+With ``metrics_listen`` set it asks the running daemon's ``/readyz``; without, it checks that
+a daemon holds the state directory's lock.
+"""
+
+from __future__ import annotations
+
+import http.client
+from collections.abc import Mapping
+from pathlib import Path
+
+from kanidm_mail_sender.config import load_mail_config, resolve_state_dir
+from kanidm_mail_sender.errors import MailSenderError
+from kanidm_mail_sender.state import lock_holder
+
+__all__ = ["probe"]
+
+_TIMEOUT = 3.0
+_ANY = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+def probe(mail_config: Path, environ: Mapping[str, str]) -> tuple[bool, str]:
+    """Whether the daemon is healthy, and why (one line)."""
+    try:
+        config = load_mail_config(mail_config, environ=environ).config
+    except MailSenderError as exc:
+        return False, str(exc).splitlines()[0]
+    listen = config.metrics_listen
+    if listen is not None:
+        return _ready(_ANY.get(listen.host, listen.host), listen.port)
+    return _lock_held(resolve_state_dir(config, environ))
+
+
+def _ready(host: str, port: int) -> tuple[bool, str]:
+    connection = http.client.HTTPConnection(host, port, timeout=_TIMEOUT)
+    try:
+        connection.request("GET", "/readyz")
+        response = connection.getresponse()
+        body = response.read(200).decode("utf-8", "replace").strip()
+    except (OSError, http.client.HTTPException) as exc:
+        return False, f"http://{host}:{port}/readyz: {exc}"
+    finally:
+        connection.close()
+    return response.status == 200, f"/readyz answered {response.status} {body}"
+
+
+def _lock_held(state_dir: Path) -> tuple[bool, str]:
+    pid = lock_holder(state_dir)
+    if pid is None:
+        return False, f"no daemon holds {state_dir}"
+    return True, f"the daemon (pid {pid}) holds {state_dir}"

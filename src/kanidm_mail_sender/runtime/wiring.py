@@ -1,0 +1,112 @@
+"""Wiring: builds the daemon's parts from the two config files and runs it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import structlog
+
+from kanidm_mail_sender.config import Configs, MailSenderConfig, resolve_state_dir
+from kanidm_mail_sender.core.mail import MailIdentity
+from kanidm_mail_sender.core.render import Renderer
+from kanidm_mail_sender.engine import CANCEL_DEADLINE, Engine, EngineSettings, Metrics
+from kanidm_mail_sender.kanidm import KanidmClient, make_kanidm
+from kanidm_mail_sender.runtime.daemon import run_daemon
+from kanidm_mail_sender.runtime.httpserver import HttpServer
+from kanidm_mail_sender.runtime.limits import raise_open_files_limit
+from kanidm_mail_sender.runtime.listener import start_metrics_server
+from kanidm_mail_sender.runtime.sdnotify import Notifier
+from kanidm_mail_sender.runtime.signals import HardExit, handle_signals
+from kanidm_mail_sender.smtp import SmtpRelay, make_relay
+from kanidm_mail_sender.state import Journal
+
+__all__ = ["run_main"]
+
+log = structlog.get_logger("kanidm_mail_sender")
+
+
+def _identity(config: MailSenderConfig) -> MailIdentity:
+    return MailIdentity(
+        display_name=config.instance_display_name,
+        from_address=config.mail_from_address,
+        reply_to_address=config.mail_reply_to_address,
+    )
+
+
+async def run_main(
+    configs: Configs, *, environ: Mapping[str, str], hard_exit: HardExit | None = None
+) -> None:
+    """Run the daemon until a stop signal; raises on fatal errors."""
+    config = configs.mail
+    schedule = config.schedule.require_future(datetime.now(UTC))
+    renderer = Renderer.checked(
+        instance_display_name=config.instance_display_name,
+        instance_url=config.instance_url,
+        template_dir=config.template_dir,
+    )
+    raise_open_files_limit()
+    journal = Journal(resolve_state_dir(config, environ))
+    metrics = Metrics()
+    kanidm = make_kanidm(configs)
+    settings = EngineSettings(
+        send_workers=config.mail_max_connections,
+        retry_initial=config.retry_initial_seconds,
+        retry_max=config.retry_max_seconds,
+        relay_probe_interval=120.0 if config.metrics_listen else None,
+        rate_limits=config.mail_rate_limit,
+    )
+    relay = make_relay(config)
+    engine = Engine(
+        source=kanidm,
+        transport=relay,
+        journal=journal,
+        renderer=renderer,
+        identity=_identity(config),
+        settings=settings,
+        metrics=metrics,
+    )
+    server = None
+    stop = asyncio.Event()
+    on_repeat = hard_exit.force if hard_exit is not None else None
+    try:
+        with handle_signals(stop, on_repeat) as received:
+            listen = config.metrics_listen
+            if listen is not None:
+                server = await start_metrics_server(metrics, engine.view, listen)
+                log.info("metrics.listening", address=str(listen))
+            log.info(
+                "daemon.started",
+                kanidm=configs.client.base_url,
+                relay=config.relay.describe(),
+                schedule=config.schedule.expression,
+                state_dir=str(journal.state_dir),
+            )
+            await run_daemon(
+                engine,
+                schedule,
+                stop,
+                journal=journal,
+                grace=config.shutdown_grace_seconds,
+                notifier=Notifier(environ),
+                hard_exit=hard_exit,
+            )
+            if received:
+                log.info("daemon.stopped", signal=received[0])
+            await _close(server, relay, kanidm)
+    finally:
+        journal.close(wait=engine.fatal is None)
+    if engine.fatal is not None:
+        raise engine.fatal
+
+
+async def _close(server: HttpServer | None, relay: SmtpRelay, kanidm: KanidmClient) -> None:
+    """Close the listener and both clients, all within one bound."""
+    closers = [relay.close(), kanidm.aclose()]
+    if server is not None:
+        closers.append(server.close())
+    tasks = [asyncio.ensure_future(closer) for closer in closers]
+    _, pending = await asyncio.wait(tasks, timeout=CANCEL_DEADLINE)
+    for task in pending:
+        task.cancel()
