@@ -8,7 +8,6 @@ import signal
 import socket
 import sqlite3
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,53 +16,11 @@ import pytest
 from kanidm_mail_sender import __version__
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
-
-from .conftest import SMTP_AUTH, TOKEN
+from tests.helpers import SMTP_AUTH, TOKEN, env, run, start, stop, wait_for
 
 ConfigFiles = Callable[..., tuple[Path, Path]]
 Command = Callable[..., list[str]]
 IS_ROOT = os.geteuid() == 0 or os.getegid() == 0
-
-
-def env(**extra: str) -> dict[str, str]:
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("KANIDM", "SSL_CERT", "CREDENTIALS", "STATE_DIR", "NOTIFY"))
-    }
-    return {**base, **extra}
-
-
-async def run(
-    args: list[str], *, environ: dict[str, str] | None = None, timeout: float = 30
-) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=environ or env()
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
-async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> tuple[int, str]:
-    proc.send_signal(sig)
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, err.decode()
-
-
-async def start(args: list[str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env()
-    )
 
 
 async def test_version_and_help() -> None:

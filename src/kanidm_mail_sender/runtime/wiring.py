@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import structlog
@@ -22,7 +23,7 @@ from kanidm_mail_sender.runtime.signals import HardExit, handle_signals
 from kanidm_mail_sender.smtp import SmtpRelay, make_relay
 from kanidm_mail_sender.state import Journal
 
-__all__ = ["run_main"]
+__all__ = ["build_engine", "engine_settings", "renderer_for", "run_main"]
 
 log = structlog.get_logger("kanidm_mail_sender")
 
@@ -35,37 +36,66 @@ def _identity(config: MailSenderConfig) -> MailIdentity:
     )
 
 
-async def run_main(
-    configs: Configs, *, environ: Mapping[str, str], hard_exit: HardExit | None = None
-) -> None:
-    """Run the daemon until a stop signal; raises on fatal errors."""
-    config = configs.mail
-    schedule = config.schedule.require_future(datetime.now(UTC))
-    renderer = Renderer.checked(
-        instance_display_name=config.instance_display_name,
-        instance_url=config.instance_url,
-        template_dir=config.template_dir,
-    )
-    raise_open_files_limit()
-    journal = Journal(resolve_state_dir(config, environ))
-    metrics = Metrics()
-    kanidm = make_kanidm(configs)
-    settings = EngineSettings(
+def engine_settings(config: MailSenderConfig) -> EngineSettings:
+    """The engine's settings from the mail-sender config."""
+    return EngineSettings(
         send_workers=config.mail_max_connections,
         retry_initial=config.retry_initial_seconds,
         retry_max=config.retry_max_seconds,
         relay_probe_interval=120.0 if config.metrics_listen else None,
         rate_limits=config.mail_rate_limit,
     )
-    relay = make_relay(config)
-    engine = Engine(
+
+
+def renderer_for(config: MailSenderConfig) -> Renderer:
+    """The renderer of the config's templates, every one rendered once with sample data."""
+    return Renderer.checked(
+        instance_display_name=config.instance_display_name,
+        instance_url=config.instance_url,
+        template_dir=config.template_dir,
+    )
+
+
+def build_engine(
+    configs: Configs,
+    *,
+    renderer: Renderer,
+    journal: Journal,
+    kanidm: KanidmClient,
+    relay: SmtpRelay,
+    settings: EngineSettings | None = None,
+    metrics: Metrics | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Engine:
+    """The engine on the given parts; the daemon and the tests build it here, so their
+    wiring cannot drift apart."""
+    config = configs.mail
+    return Engine(
         source=kanidm,
         transport=relay,
         journal=journal,
         renderer=renderer,
         identity=_identity(config),
-        settings=settings,
+        settings=settings or engine_settings(config),
         metrics=metrics,
+        clock=clock,
+    )
+
+
+async def run_main(
+    configs: Configs, *, environ: Mapping[str, str], hard_exit: HardExit | None = None
+) -> None:
+    """Run the daemon until a stop signal; raises on fatal errors."""
+    config = configs.mail
+    schedule = config.schedule.require_future(datetime.now(UTC))
+    renderer = renderer_for(config)  # a broken template is exit 3 before the journal opens
+    raise_open_files_limit()
+    journal = Journal(resolve_state_dir(config, environ))
+    metrics = Metrics()
+    kanidm = make_kanidm(configs)
+    relay = make_relay(config)
+    engine = build_engine(
+        configs, renderer=renderer, journal=journal, kanidm=kanidm, relay=relay, metrics=metrics
     )
     server = None
     stop = asyncio.Event()

@@ -22,8 +22,7 @@ from kanidm_mail_sender.runtime.sdnotify import Notifier
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 from kanidm_mail_sender.state.journal import RETENTION_SECONDS, STATES_BATCH, Journal
-
-from .conftest import Harness
+from tests.helpers import Harness
 
 
 async def test_metrics_scraped_after_a_real_delivery(

@@ -33,8 +33,7 @@ from kanidm_mail_sender.smtp.session import (
     SessionGarbled,
     SmtpSession,
 )
-
-from .test_relay import envelope
+from tests.helpers import envelope
 
 EHLO = b"250-peer.test\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n250 8BITMIME\r\n"
 LOCKSTEP_EHLO = b"250-peer.test\r\n250 8BITMIME\r\n"

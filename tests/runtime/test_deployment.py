@@ -24,8 +24,8 @@ from kanidm_mail_sender.config.settings import (
 )
 from kanidm_mail_sender.errors import ConfigError
 from kanidm_mail_sender.ops.probe import probe
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).parent.parent
 K8S = ROOT / "examples" / "kubernetes"
 
 

@@ -23,8 +23,7 @@ from kanidm_mail_sender.runtime.httpserver import HttpServer, Limits, Request, R
 from kanidm_mail_sender.runtime.listener import METRICS_LIMITS, start_metrics_server
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
-
-from .conftest import Harness
+from tests.helpers import Harness
 
 Factory = Callable[..., Harness]
 TIGHT = Limits(

@@ -16,17 +16,11 @@ from kanidm_mail_sender.engine.engine import EngineSettings
 from kanidm_mail_sender.errors import KanidmAuthError
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
-
-from .conftest import Harness
-from .test_cli import wait_for
+from tests.helpers import Harness, delivered, wait_for
 
 RelayFactory = Callable[..., Awaitable[SmtpStandIn]]
 
 Factory = Callable[..., Harness]
-
-
-def delivered(relay: SmtpStandIn) -> Counter[str]:
-    return Counter(rcpt for mail in relay.mails for rcpt in mail.rcpt_tos)
 
 
 async def test_n_messages_become_n_mails_all_marked_then_nothing(

@@ -11,8 +11,9 @@ import tomli_w
 from kanidm_mail_sender.config.oauth import Grant
 from kanidm_mail_sender.config.settings import load_mail_config
 from kanidm_mail_sender.sandbox.oauth_server import make_service_account
+from tests.helpers import ROOT
 
-EXAMPLES = Path(__file__).parent.parent / "examples" / "relays"
+EXAMPLES = ROOT / "examples" / "relays"
 
 # file: (relay as written, implicit TLS, grant or None for a password or no AUTH)
 EXPECTED = {

@@ -32,9 +32,7 @@ from kanidm_mail_sender.sandbox.oauth_server import (
 )
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 from kanidm_mail_sender.smtp.oauth import classify_token_error
-
-from .conftest import Harness
-from .test_cli import wait_for
+from tests.helpers import Harness, wait_for
 
 MAILBOX = "idm@example.com"
 SECRET = "secret-1"

@@ -25,8 +25,7 @@ from kanidm_mail_sender.kanidm.decoding import BodyTooLarge, Decoder, Unsupporte
 from kanidm_mail_sender.kanidm.readylist import MAX_DEPTH, ReadyListParser
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
-
-from .conftest import Harness
+from tests.helpers import Harness
 
 Factory = Callable[..., Harness]
 

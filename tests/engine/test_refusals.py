@@ -16,8 +16,7 @@ from structlog.testing import capture_logs
 from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, REJECTED
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
-
-from .conftest import Harness
+from tests.helpers import Harness, delivered
 
 Factory = Callable[..., Harness]
 
@@ -33,10 +32,6 @@ SEND_AS_DENIED = (
     "Failed to process message due to a permanent exception with message Cannot submit message."
 )
 UNKNOWN_SENDER_SIDE = "554 5.7.0 Message refused by policy engine"
-
-
-def delivered(relay: SmtpStandIn) -> Counter[str]:
-    return Counter(rcpt for mail in relay.mails for rcpt in mail.rcpt_tos)
 
 
 def states(harness: Harness, kanidm: KanidmStandIn) -> Counter[str]:

@@ -20,8 +20,7 @@ from kanidm_mail_sender.errors import (
 from kanidm_mail_sender.kanidm.pipeline import MarkPipeline, build_mark_pipeline, proxied
 from kanidm_mail_sender.sandbox.certs import Certs
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
-
-from .conftest import TOKEN
+from tests.helpers import TOKEN
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 

@@ -17,10 +17,7 @@ from kanidm_mail_sender.engine.engine import EngineSettings
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import GreetingGate, SmtpStandIn
 from kanidm_mail_sender.state.journal import Journal
-
-from .conftest import Harness
-from .test_cli import wait_for
-from .test_engine import delivered
+from tests.helpers import Harness, delivered, wait_for
 
 Factory = Callable[..., Harness]
 RelayFactory = Callable[..., Awaitable[SmtpStandIn]]

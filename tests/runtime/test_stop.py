@@ -18,8 +18,7 @@ import httpx
 
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
-
-from .test_cli import start, wait_for
+from tests.helpers import start, wait_for
 
 ConfigFiles = Callable[..., tuple[Path, Path]]
 Command = Callable[..., list[str]]

@@ -6,15 +6,10 @@ import email
 import email.policy
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
-from uuid import uuid4
 
 import pytest
 
 from kanidm_mail_sender.config.settings import parse_relay_url
-from kanidm_mail_sender.core.mail import Envelope, MailIdentity, build_message
-from kanidm_mail_sender.core.messages import TestMessageV1
-from kanidm_mail_sender.core.render import Renderer
 from kanidm_mail_sender.errors import (
     DeliveryDeferred,
     DeliveryRejected,
@@ -26,23 +21,9 @@ from kanidm_mail_sender.sandbox.certs import Certs
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 from kanidm_mail_sender.smtp.auth import PasswordAuth
 from kanidm_mail_sender.smtp.relay import SmtpRelay, build_tls_context
-
-from .conftest import SMTP_AUTH
+from tests.helpers import SMTP_AUTH, envelope
 
 RelayFactory = Callable[..., Awaitable[SmtpStandIn]]
-
-
-def envelope(to: str = "rcpt@example.com") -> Envelope:
-    renderer = Renderer(instance_display_name="Kanidm", instance_url="https://idm.example.com")
-    message_id = uuid4()
-    rendered = renderer.render(TestMessageV1("Rita"), message_id=message_id, destination=to)
-    return build_message(
-        rendered,
-        identity=MailIdentity("Kanidm", "idm@example.com", "help@example.com"),
-        destination=to,
-        message_id=message_id,
-        date=datetime.now(UTC),
-    )
 
 
 _OPEN: list[SmtpRelay] = []

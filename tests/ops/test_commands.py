@@ -22,8 +22,7 @@ from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 from kanidm_mail_sender.state.retries import plan_retry
 from kanidm_mail_sender.state.view import JournalView
-
-from .test_cli import run, wait_for
+from tests.helpers import run, wait_for
 
 Command = Callable[..., list[str]]
 

@@ -1,0 +1,1 @@
+"""Tests of kanidm_mail_sender.runtime."""
