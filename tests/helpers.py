@@ -4,6 +4,8 @@ subprocess runners, polling, and small builders. Tests import them from here onl
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
 import signal
 import time
@@ -15,6 +17,9 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import structlog
+
+from kanidm_mail_sender.cli import main
 from kanidm_mail_sender.config import Configs, load_client_config, load_mail_config
 from kanidm_mail_sender.core.mail import Envelope, MailIdentity, build_message
 from kanidm_mail_sender.core.messages import TestMessageV1
@@ -119,6 +124,32 @@ async def run(
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+_MODULE = ["-m", "kanidm_mail_sender"]
+
+
+async def in_process(
+    args: list[str], *, environ: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """What ``run(args)`` gives, with ``main(argv, environ)`` called in this process (in a
+    thread, so that stand-ins on this event loop answer it): exit code, stdout, stderr."""
+    argv = args[3:] if args[1:3] == _MODULE else args
+    out, err = io.TextIOWrapper(io.BytesIO(), "utf-8"), io.StringIO()
+
+    def call() -> int:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                return main(argv, environ if environ is not None else env())
+            except SystemExit as exc:  # argparse: --help, --version, usage errors
+                return exc.code if isinstance(exc.code, int) else 2
+            finally:
+                structlog.reset_defaults()
+
+    code = await asyncio.wait_for(asyncio.to_thread(call), 60)
+    out.flush()
+    assert isinstance(out.buffer, io.BytesIO)
+    return code, out.buffer.getvalue().decode(), err.getvalue()
 
 
 async def start(args: list[str]) -> asyncio.subprocess.Process:

@@ -16,7 +16,7 @@ import pytest
 from kanidm_mail_sender import __version__
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
-from tests.helpers import SMTP_AUTH, TOKEN, env, run, start, stop, wait_for
+from tests.helpers import SMTP_AUTH, TOKEN, env, in_process, run, start, stop, wait_for
 
 ConfigFiles = Callable[..., tuple[Path, Path]]
 Command = Callable[..., list[str]]
@@ -24,9 +24,9 @@ IS_ROOT = os.geteuid() == 0 or os.getegid() == 0
 
 
 async def test_version_and_help() -> None:
-    code, out, _ = await run([sys.executable, "-m", "kanidm_mail_sender", "--version"])
+    code, out, _ = await in_process([sys.executable, "-m", "kanidm_mail_sender", "--version"])
     assert (code, out.strip()) == (0, f"kanidm-mail-sender {__version__}")
-    code, out, _ = await run([sys.executable, "-m", "kanidm_mail_sender", "--help"])
+    code, out, _ = await in_process([sys.executable, "-m", "kanidm_mail_sender", "--help"])
     assert code == 0
     for flag in (
         "--client-config",
@@ -42,7 +42,7 @@ async def test_version_and_help() -> None:
 
 @pytest.mark.parametrize("value", ["maybe", "2"])
 async def test_bad_kanidm_debug_is_a_usage_error(value: str, tmp_path: Path) -> None:
-    code, _, err = await run(
+    code, _, err = await in_process(
         [sys.executable, "-m", "kanidm_mail_sender", "-c", str(tmp_path)],
         environ=env(KANIDM_DEBUG=value),
     )
@@ -51,7 +51,7 @@ async def test_bad_kanidm_debug_is_a_usage_error(value: str, tmp_path: Path) -> 
 
 
 async def test_missing_config_exits_3(tmp_path: Path, daemon_command: Command) -> None:
-    code, _, err = await run(daemon_command(tmp_path / "nope", tmp_path / "nope2"))
+    code, _, err = await in_process(daemon_command(tmp_path / "nope", tmp_path / "nope2"))
     assert code == 3
     assert f"{tmp_path / 'nope'}: config file missing" in err
 
@@ -60,7 +60,7 @@ async def test_invalid_config_exits_3_without_leaking_secrets(
     config_files: ConfigFiles, daemon_command: Command
 ) -> None:
     client, mail = config_files(mail_relay="ftp://relay.example.com")
-    code, _, err = await run(daemon_command(client, mail))
+    code, _, err = await in_process(daemon_command(client, mail))
     assert code == 3
     assert "key 'mail_relay'" in err
     assert str(mail) in err
@@ -71,7 +71,7 @@ async def test_invalid_config_exits_3_without_leaking_secrets(
 @pytest.mark.skipif(not IS_ROOT, reason="needs to run as root to see the refusal")
 async def test_refuses_root_without_skip(config_files: ConfigFiles) -> None:
     client, mail = config_files()
-    code, _, err = await run(
+    code, _, err = await in_process(
         [sys.executable, "-m", "kanidm_mail_sender", "-c", str(client), "-m", str(mail)]
     )
     assert code == 4
@@ -85,7 +85,9 @@ async def test_test_mode_sends_one_mail_without_kanidm(
     relay: SmtpStandIn,
 ) -> None:
     client, mail = config_files()
-    code, out, err = await run(daemon_command(client, mail, "-t", "tester@example.com", "-d"))
+    code, out, err = await in_process(
+        daemon_command(client, mail, "-t", "tester@example.com", "-d")
+    )
     assert code == 0, err
     assert "OK" in out
     (received,) = relay.mails
@@ -102,7 +104,7 @@ async def test_test_mode_failure_exits_nonzero(
     config_files: ConfigFiles, daemon_command: Command, relay: SmtpStandIn
 ) -> None:
     client, mail = config_files(mail_password="wrong-password")
-    code, out, _ = await run(daemon_command(client, mail, "-t", "tester@example.com"))
+    code, out, _ = await in_process(daemon_command(client, mail, "-t", "tester@example.com"))
     assert code == 5
     assert "FAILED" in out
     assert relay.mails == []
@@ -200,7 +202,7 @@ async def test_render_prints_the_whole_mail(
     config_files: ConfigFiles, daemon_command: Command, relay: SmtpStandIn
 ) -> None:
     client, mail = config_files()
-    code, out, _ = await run(daemon_command(client, mail, "--render", "credential_reset_v1"))
+    code, out, _ = await in_process(daemon_command(client, mail, "--render", "credential_reset_v1"))
     assert code == 0
     assert "Subject: Kanidm Sandbox: Credential Reset Link" in out
     assert "From: Kanidm Sandbox <idm@example.com>" in out
@@ -216,7 +218,7 @@ async def test_check_passes_on_a_good_setup(
 ) -> None:
     kanidm.queue_test_message("a@example.com")
     client, mail = config_files()
-    code, out, _ = await run(daemon_command(client, mail, "--check"))
+    code, out, _ = await in_process(daemon_command(client, mail, "--check"))
     assert code == 0, out
     assert "ok   kanidm: the token works; 1 message(s) ready" in out
     assert "ok   relay:" in out
@@ -230,7 +232,7 @@ async def test_check_reports_bad_token_and_bad_relay_password(
     relay: SmtpStandIn,
 ) -> None:
     client, mail = config_files(token="wrong-token", mail_password="wrong")
-    code, out, _ = await run(daemon_command(client, mail, "--check"))
+    code, out, _ = await in_process(daemon_command(client, mail, "--check"))
     assert code == 5
     assert "FAIL kanidm:" in out
     assert "401" in out

@@ -229,6 +229,7 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
                 loop.run_until_complete(asyncio.wait(leftovers, timeout=_LEFTOVER_DEADLINE))
             ender = loop.create_task(loop.shutdown_asyncgens())
             loop.run_until_complete(asyncio.wait([ender], timeout=_LEFTOVER_DEADLINE))
+            loop.run_until_complete(asyncio.sleep(0))  # sockets aborted just now close here
         finally:
             asyncio.set_event_loop(None)
             loop.close()

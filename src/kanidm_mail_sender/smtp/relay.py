@@ -325,6 +325,10 @@ class SmtpRelay:
             if transport is None or not conn.is_connected:
                 raise aiosmtplib.SMTPServerDisconnected("the relay hung up after the handshake")
         except BaseException as exc:
+            # Abort, not close: a TLS close waits for the relay's close_notify, and a relay
+            # that just refused us need not send one; the socket must go now.
+            if conn.transport is not None:
+                conn.transport.abort()
             conn.close()
             if isinstance(exc, RelayError):
                 raise
