@@ -29,7 +29,7 @@ from kanidm_mail_sender.kanidm import KanidmClient, make_kanidm
 from kanidm_mail_sender.runtime.wiring import build_engine, renderer_for
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 from kanidm_mail_sender.smtp import SmtpRelay, make_relay
-from kanidm_mail_sender.state import Journal
+from kanidm_mail_sender.state import Journal, JournalView
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout
 TOKEN = "test-token-abc.def.ghi"
@@ -174,6 +174,15 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+def journal_counts(journal: Journal) -> dict[str, int]:
+    """Rows per state in the journal, read as the operator commands read it."""
+    view = JournalView(journal.state_dir)
+    try:
+        return view.counts(since=0)
+    finally:
+        view.close()
 
 
 def delivered(relay: SmtpStandIn) -> Counter[str]:

@@ -118,4 +118,6 @@ def test_results_are_whole_seconds_strictly_after_start() -> None:
     assert schedule.next_after(at) == datetime(2025, 1, 1, 0, 0, 5, tzinfo=UTC)
     exact = datetime(2025, 1, 1, 0, 0, 5, tzinfo=UTC)
     assert schedule.next_after(exact) == datetime(2025, 1, 1, 0, 0, 6, tzinfo=UTC)
-    assert schedule.seconds_until_next(at) == pytest.approx(0.000001, abs=1e-5)
+    following = schedule.next_after(at)
+    assert following is not None
+    assert (following - at).total_seconds() == pytest.approx(0.000001, abs=1e-5)

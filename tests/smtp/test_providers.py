@@ -32,7 +32,7 @@ from kanidm_mail_sender.sandbox.oauth_server import (
 )
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 from kanidm_mail_sender.smtp.oauth import classify_token_error
-from tests.helpers import Harness, wait_for
+from tests.helpers import Harness, journal_counts, wait_for
 
 MAILBOX = "idm@example.com"
 SECRET = "secret-1"
@@ -372,7 +372,7 @@ async def test_drain_across_token_lifetimes_delivers_each_once(
     # at least one renewed on expiry), and the revocation was answered by a renewal.
     assert len(endpoint.grants) >= 3
     assert oauth_relay.auth_failures >= 1
-    assert harness.journal.counts() == {"accepted": count}
+    assert journal_counts(harness.journal) == {"accepted": count}
 
 
 async def test_refused_client_pauses_without_spending_attempts_then_recovers(
@@ -392,7 +392,7 @@ async def test_refused_client_pauses_without_spending_attempts_then_recovers(
     assert "invalid_client" in paused[0]["error"]
     assert "mail_oauth2_client_secret" in paused[0]["error"]
     assert SECRET not in str(logs)
-    assert harness.journal.counts() == {}  # no attempt spent, nothing deferred
+    assert journal_counts(harness.journal) == {}  # no attempt spent, nothing deferred
     assert oauth_relay.mails == []
     endpoint.error = None
     await wait_for(lambda: len(oauth_relay.mails) == 1, timeout=10)
@@ -414,7 +414,7 @@ async def test_token_endpoint_outage_pauses_then_recovers(
     assert "answered 503" in harness.engine.health.last_error
     endpoint.status = None
     await wait_for(lambda: len(oauth_relay.mails) == 1, timeout=10)
-    assert harness.journal.counts().get("deferred") is None
+    assert journal_counts(harness.journal).get("deferred") is None
 
 
 @pytest.mark.parametrize("grant", GRANTS)
@@ -512,7 +512,7 @@ async def test_no_second_at_the_relay_holds_more_than_the_limit(
     )
     assert waited is not None
     assert waited > 0
-    assert harness.journal.counts() == {"accepted": 40}
+    assert journal_counts(harness.journal) == {"accepted": 40}
 
 
 async def test_a_restart_keeps_the_days_count(

@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 from kanidm_mail_sender.core.messages import CredentialResetV1, QueuedMessage
 from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, EXPIRED, REJECTED, DestinationState
 
-__all__ = ["NO_DESTINATION", "Action", "Plan", "backoff_delay", "plan_message"]
+__all__ = [
+    "NO_DESTINATION",
+    "Action",
+    "Plan",
+    "backoff_delay",
+    "expires_at",
+    "is_expired",
+    "plan_message",
+]
 
 # The journal row that records "this message has no destination at all".
 NO_DESTINATION = ""
@@ -49,8 +57,7 @@ def plan_message(
     accepted = frozenset(d for d in message.destinations if _state(states, d) == ACCEPTED)
     if len(accepted) == len(message.destinations):
         return Plan(Action.MARK, accepted=accepted)
-    template = message.template
-    if isinstance(template, CredentialResetV1) and template.expiry_time.timestamp() <= now:
+    if is_expired(message, now):
         return Plan(Action.EXPIRE, accepted=accepted)
     due = tuple(d for d in message.destinations if _is_due(states.get(d), now))
     if due:
@@ -58,6 +65,19 @@ def plan_message(
         return Plan(Action.SEND, due=due, accepted=accepted, attempts=attempts)
     waiting = any(_state(states, d) == DEFERRED for d in message.destinations)
     return Plan(Action.WAIT if waiting else Action.DONE, accepted=accepted)
+
+
+def expires_at(message: QueuedMessage) -> float | None:
+    """Unix time after which the message must not be mailed, if it has one."""
+    template = message.template
+    return template.expiry_time.timestamp() if isinstance(template, CredentialResetV1) else None
+
+
+def is_expired(message: QueuedMessage, now: float) -> bool:
+    """Whether the message's link is dead at ``now``: the one expiry rule, for the planner, the
+    send stage, and (as ``not_after``) the relay's checks at the wire."""
+    deadline = expires_at(message)
+    return deadline is not None and now >= deadline
 
 
 def _state(states: Mapping[str, DestinationState], destination: str) -> str | None:

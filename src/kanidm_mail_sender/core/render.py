@@ -147,10 +147,6 @@ class Renderer:
             return False  # the one built-in filter whose output is not fixed by its input
         return jinja2.meta.find_undeclared_variables(tree) <= _INSTANCE_VARIABLES
 
-    def sources(self, kind: str) -> list[str]:
-        """Where each template file of ``kind`` was loaded from."""
-        return [t.filename or t.name or "?" for t in self._templates[kind] if t is not None]
-
     def context(self, template: Template, *, message_id: UUID, destination: str) -> dict[str, Any]:
         """The variables a template of this kind receives (documented in README)."""
         context: dict[str, Any] = {
@@ -237,8 +233,3 @@ def _template_line(filename: str | None) -> int | None:
             line = tb.tb_lineno
         tb = tb.tb_next
     return line
-
-
-def now_utc() -> datetime:
-    """The current time, aware, in UTC."""
-    return datetime.now(UTC)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from croniter import CroniterBadDateError, croniter
 
@@ -190,11 +190,6 @@ class Schedule:
             return None
         assert isinstance(result, datetime)
         return result
-
-    def seconds_until_next(self, now: datetime) -> float | None:
-        """Seconds from ``now`` to the next fire time, or None when there is none."""
-        at = self.next_after(now)
-        return None if at is None else max((at - now) / timedelta(seconds=1), 0.0)
 
 
 def parse_schedule(expression: str) -> Schedule:

@@ -23,7 +23,8 @@ import structlog
 
 from kanidm_mail_sender.core.messages import MalformedMessage, QueuedMessage, parse_resource
 from kanidm_mail_sender.core.planning import NO_DESTINATION, Action, backoff_delay, plan_message
-from kanidm_mail_sender.core.states import EXPIRED, REJECTED, DestinationState
+from kanidm_mail_sender.core.states import REJECTED, DestinationState
+from kanidm_mail_sender.engine.expiry import record_expired
 from kanidm_mail_sender.engine.incident import Incident
 from kanidm_mail_sender.engine.inflight import InFlight, Phase, StageContext
 from kanidm_mail_sender.engine.marking import MarkStage
@@ -108,10 +109,6 @@ class Dispatcher:
     #: When the last poll ended (Unix time) and its error, None when it succeeded.
     last_poll: tuple[float, str | None] | None = None
     listed = 0  # ready messages the last successful poll listed
-
-    def retry_now(self) -> None:
-        """Forget the list backoff (tests whose clock jumps)."""
-        self._retry_at = 0.0
 
     async def poll(self, *, feed_seconds: float | None = None) -> None:
         """List ready messages and route each; returns when the list is consumed.
@@ -260,16 +257,8 @@ class Dispatcher:
         elif plan.action is Action.MARK:
             self._marks.submit(message.id)
         elif plan.action is Action.EXPIRE:
-            log.error(
-                "message.expired",
-                message_id=str(message.id),
-                destinations=list(message.destinations),
-                note="the reset link has expired, so it is not mailed; left in Kanidm's queue",
-            )
-            self._metrics.expired.inc()
-            for destination in message.destinations:
-                if destination not in plan.accepted:
-                    await self._journal.record(message.id, destination, EXPIRED, now=now)
+            left = [d for d in message.destinations if d not in plan.accepted]
+            await record_expired(self._journal, self._metrics, message.id, left, now)
         elif plan.action is Action.NO_DESTINATION:
             log.error(
                 "message.no_destination",

@@ -24,13 +24,14 @@ import structlog
 
 from kanidm_mail_sender.core.addresses import check_address
 from kanidm_mail_sender.core.mail import Envelope, MailIdentity, build_message
-from kanidm_mail_sender.core.messages import CredentialResetV1, QueuedMessage
-from kanidm_mail_sender.core.planning import Plan, backoff_delay
+from kanidm_mail_sender.core.messages import QueuedMessage
+from kanidm_mail_sender.core.planning import Plan, backoff_delay, expires_at, is_expired
 from kanidm_mail_sender.core.ratelimit import Rate, SendLimiter
 from kanidm_mail_sender.core.render import Renderer
 from kanidm_mail_sender.core.replies import Receipt, Verdict
 from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, EXPIRED, REJECTED
 from kanidm_mail_sender.engine.evidence import Evidence, EvidenceRules, Judgement
+from kanidm_mail_sender.engine.expiry import record_expired
 from kanidm_mail_sender.engine.health import Change, RelayHealth
 from kanidm_mail_sender.engine.incident import Incident
 from kanidm_mail_sender.engine.inflight import Phase, StageContext
@@ -47,7 +48,7 @@ from kanidm_mail_sender.engine.outcomes import (
 from kanidm_mail_sender.errors import RelayError, StateError, TemplateError
 from kanidm_mail_sender.state.journal import Journal
 
-__all__ = ["Job", "MailTransport", "SendSettings", "SendStage", "expires_at"]
+__all__ = ["Job", "MailTransport", "SendSettings", "SendStage"]
 
 log = structlog.get_logger("kanidm_mail_sender.sending")
 
@@ -63,7 +64,6 @@ LIKELY_CAUSES = {
     "sender is not allowed or a sending quota is reached; read the reply",
     "rate": "the relay limits our rate",
 }
-EXPIRED_NOTE = "the reset link expired before it went out; not mailed, left in Kanidm's queue"
 
 _RATE_QUIET = 60.0  # seconds without a wait for the limits that end a rate-limit incident
 
@@ -97,12 +97,6 @@ class SendSettings:
     retry_initial: float = 30.0
     retry_max: float = 3600.0
     log_interval: float = 300.0
-
-
-def expires_at(message: QueuedMessage) -> float | None:
-    """Unix time after which the message must not be mailed, if it has one."""
-    template = message.template
-    return template.expiry_time.timestamp() if isinstance(template, CredentialResetV1) else None
 
 
 class SendStage:
@@ -232,7 +226,7 @@ class SendStage:
         while True:
             if self._stopping.is_set():
                 return None
-            if not_after is not None and self._clock() >= not_after:
+            if is_expired(message, self._clock()):
                 await self._expire(message.id, ids)
                 return None
             if not await self._admit():
@@ -425,9 +419,9 @@ class SendStage:
         return delay
 
     async def _expire(self, message_id: UUID, ids: dict[str, str]) -> None:
-        log.error("message.expired", **ids, note=EXPIRED_NOTE)
-        self._metrics.expired.inc()
-        await self._journal.record(message_id, ids["destination"], EXPIRED, now=self._clock())
+        await record_expired(
+            self._journal, self._metrics, message_id, [ids["destination"]], self._clock()
+        )
 
     async def _admit(self) -> bool:
         """Wait for a send slot within the relay's health and the sending limits; False when

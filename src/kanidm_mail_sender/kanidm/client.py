@@ -204,11 +204,6 @@ class KanidmClient:
         self._marker = marker
         self._limits = limits or ListLimits()
 
-    @property
-    def pipelined(self) -> bool:
-        """Whether marks go through the pipeline rather than one httpx request each."""
-        return self._marker is not None
-
     def ready(self) -> AsyncGenerator[Any, None]:
         """Yield each resource of the ready list (or a MalformedMessage for a bad entry) as it
         is parsed off the wire.

@@ -327,7 +327,7 @@ class SmtpRelay:
         except BaseException as exc:
             # Abort, not close: a TLS close waits for the relay's close_notify, and a relay
             # that just refused us need not send one; the socket must go now.
-            if conn.transport is not None:
+            if isinstance(conn.transport, asyncio.Transport):
                 conn.transport.abort()
             conn.close()
             if isinstance(exc, RelayError):

@@ -266,12 +266,6 @@ class Journal:
         ).fetchall()
         return [row[0] for row in rows]
 
-    def counts(self) -> dict[str, int]:
-        """Rows per state, for --check and tests."""
-        return dict(
-            self._reader.execute("SELECT state, count(*) FROM delivery GROUP BY state").fetchall()
-        )
-
     def close(self, *, wait: bool = True) -> None:
         """Close the database and release the lock; ``wait=False`` does not wait for a
         commit under way (a stop after a writer failure)."""
