@@ -202,6 +202,10 @@ T = TypeVar("T")
 _LEFTOVER_DEADLINE = 1.0
 
 
+# Turns of the loop that an aborted socket needs to close (TLS first, then its TCP socket).
+_CLOSING_TURNS = 8
+
+
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
@@ -229,7 +233,8 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
                 loop.run_until_complete(asyncio.wait(leftovers, timeout=_LEFTOVER_DEADLINE))
             ender = loop.create_task(loop.shutdown_asyncgens())
             loop.run_until_complete(asyncio.wait([ender], timeout=_LEFTOVER_DEADLINE))
-            loop.run_until_complete(asyncio.sleep(0))  # sockets aborted just now close here
+            for _ in range(_CLOSING_TURNS):  # sockets aborted just now close in these turns
+                loop.run_until_complete(asyncio.sleep(0))
         finally:
             asyncio.set_event_loop(None)
             loop.close()

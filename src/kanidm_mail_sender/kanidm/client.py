@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
@@ -191,6 +191,18 @@ class Marker(Protocol):
     async def aclose(self) -> None: ...
 
 
+@contextlib.contextmanager
+def map_httpx_errors(what: str) -> Iterator[None]:
+    """httpx's transport failures as ours, naming ``what`` was being done: the one map from
+    httpx's exceptions (the model is httpx's own ``map_httpcore_exceptions``)."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise KanidmUnavailable(f"{what}: Kanidm timed out ({exc!r})") from exc
+    except httpx.TransportError as exc:
+        raise KanidmUnavailable(f"{what}: cannot reach Kanidm ({exc})") from exc
+
+
 class KanidmClient:
     """Lists ready messages and marks them sent, mapping httpx errors to ours."""
 
@@ -222,7 +234,7 @@ class KanidmClient:
         """One message's resource, sent or not; KanidmNotFound when Kanidm has none."""
         what = f"reading message {message_id}"
         body = bytearray()
-        try:
+        with map_httpx_errors(what):
             async with self._http.stream("GET", f"{ALL_PATH}/{message_id}") as response:
                 if response.status_code != 200:
                     raise status_error(response.status_code, await _excerpt(response), what)
@@ -230,10 +242,6 @@ class KanidmClient:
                     body += chunk
                     if len(body) > MAX_ENTRY_BYTES:
                         raise KanidmResponseError(f"{what}: larger than 1 MiB", status=200)
-        except httpx.TimeoutException as exc:
-            raise KanidmUnavailable(f"{what}: Kanidm timed out ({exc!r})") from exc
-        except httpx.TransportError as exc:
-            raise KanidmUnavailable(f"{what}: cannot reach Kanidm ({exc})") from exc
         try:
             return json.loads(body)
         except (ValueError, RecursionError) as exc:
@@ -244,27 +252,25 @@ class KanidmClient:
         loop = asyncio.get_running_loop()
         budget = _Budget(loop, limits.timeout)
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                async with budget.spend():
-                    response = await stack.enter_async_context(
-                        self._http.stream("GET", path, headers=_LIST_HEADERS)
-                    )
-                if response.status_code != 200:
+            with map_httpx_errors(what):
+                async with contextlib.AsyncExitStack() as stack:
                     async with budget.spend():
-                        body = await _excerpt(response)
-                    raise status_error(response.status_code, body, what)
-                async with contextlib.aclosing(_items(response, budget, limits.max_bytes)) as items:
-                    async for item in items:
-                        yield item
+                        response = await stack.enter_async_context(
+                            self._http.stream("GET", path, headers=_LIST_HEADERS)
+                        )
+                    if response.status_code != 200:
+                        async with budget.spend():
+                            body = await _excerpt(response)
+                        raise status_error(response.status_code, body, what)
+                    items = _items(response, budget, limits.max_bytes)
+                    async with contextlib.aclosing(items) as entries:
+                        async for item in entries:
+                            yield item
         except TimeoutError as exc:
             raise KanidmUnavailable(
                 f"{what}: Kanidm did not send the whole list within {limits.timeout:g} s "
                 "(http_list_timeout_seconds)"
             ) from exc
-        except httpx.TimeoutException as exc:
-            raise KanidmUnavailable(f"{what}: Kanidm timed out ({exc!r})") from exc
-        except httpx.TransportError as exc:
-            raise KanidmUnavailable(f"{what}: cannot reach Kanidm ({exc})") from exc
         except BodyTooLarge as exc:
             raise KanidmResponseError(
                 f"{what}: {exc} (http_list_max_mib); raise it if your queue is really that big",
@@ -283,16 +289,12 @@ class KanidmClient:
             await self._marker.mark_sent(message_id)
             return
         what = f"marking message {message_id} sent"
-        try:
+        with map_httpx_errors(what):
             response = await self._http.post(
                 sent_path(message_id),
                 content=b"null",
                 headers={"Content-Type": "application/json"},
             )
-        except httpx.TimeoutException as exc:
-            raise KanidmUnavailable(f"{what}: Kanidm timed out ({exc!r})") from exc
-        except httpx.TransportError as exc:
-            raise KanidmUnavailable(f"{what}: cannot reach Kanidm ({exc})") from exc
         if response.status_code != 200:
             raise status_error(response.status_code, response.content, what)
 

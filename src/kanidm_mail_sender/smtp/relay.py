@@ -327,8 +327,9 @@ class SmtpRelay:
         except BaseException as exc:
             # Abort, not close: a TLS close waits for the relay's close_notify, and a relay
             # that just refused us need not send one; the socket must go now.
-            if isinstance(conn.transport, asyncio.Transport):
-                conn.transport.abort()
+            abort = getattr(conn.transport, "abort", None)  # uvloop's TLS transport has it too
+            if callable(abort):
+                abort()
             conn.close()
             if isinstance(exc, RelayError):
                 raise
