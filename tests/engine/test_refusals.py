@@ -51,10 +51,7 @@ async def test_one_refused_recipient_never_slows_the_others(
     relay.faults.rcpt_replies["carol@example.com"] = [refusal] * 1000
     harness = harness_factory(clock=lambda: now[0])
     with capture_logs() as logs:
-        started = time.monotonic()
         await harness.cycle()
-        took = time.monotonic() - started
-    print(f"300 others beside one refused recipient: {took:.2f} s")
     assert set(kanidm.sent()) == set(others)
     assert len(relay.mails) == 300
     [state] = harness.journal.states(carol).values()
@@ -93,14 +90,12 @@ async def test_the_same_deferral_across_domains_is_evidence_of_throttling(
     assert throttled[0]["evidence"].startswith("3 distinct destinations in 3 domains")
 
 
-async def cycle_until(harness: Harness, done: Callable[[], bool], timeout: float = 20) -> int:
-    cycles, deadline = 0, time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "did not settle in time"
-        await harness.cycle()
-        cycles += 1
-        await asyncio.sleep(0.05)
-    return cycles
+async def cycle_until(harness: Harness, done: Callable[[], bool]) -> None:
+    """Polls until ``done()``; a hang guard bounds it, no speed is measured."""
+    async with asyncio.timeout(20):
+        while not done():
+            await harness.cycle()
+            await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize(
@@ -130,7 +125,6 @@ async def test_a_refusal_of_our_sender_after_data_never_burns_the_queue(
         relay.faults.data_refusal = None
         await harness.engine.idle()
         await cycle_until(harness, lambda: set(kanidm.sent()) == set(ids))
-    print(f"{cause}: {relay.data_refused} refusals, {rejected_during} left rejected meanwhile")
     assert rejected_during == 0
     assert delivered(relay) == Counter(f"user{i}@example{i % 4}.test" for i in range(40))
     assert all(kanidm.mark_calls[i] == 1 for i in ids)

@@ -23,7 +23,6 @@ __all__ = [
     "Refusal",
     "Stage",
     "Verdict",
-    "classify_reply",
     "read_reply",
     "redact_reply",
     "reply_shape",
@@ -182,11 +181,6 @@ def read_reply(stage: Stage, code: int, text: str) -> Refusal:
     """The refusal a reply of ``code`` (not 2xx/3xx) to ``stage`` is, and its verdict."""
     cause = _rcpt_cause(code, text) if stage is Stage.RCPT else _cause(stage, code, text)
     return Refusal(stage, code, text, _verdict(stage, code, cause), cause)
-
-
-def classify_reply(stage: Stage, code: int, text: str) -> Verdict:
-    """The verdict alone for a reply of ``code`` to ``stage``."""
-    return read_reply(stage, code, text).verdict
 
 
 _ADDRESS = re.compile(r"<[^>]*>|[^\s<>]+@[^\s<>]+")

@@ -62,8 +62,9 @@ class Judgement:
 
     @property
     def escalated(self) -> bool:
-        """Whether the evidence made a destination's refusal relay-wide."""
-        return self.verdict in (Verdict.THROTTLE, Verdict.RELAY_DOWN) and bool(self.reason)
+        """Whether the evidence made a destination's refusal relay-wide (only then is there
+        a reason)."""
+        return bool(self.reason)
 
 
 def _domain(destination: str) -> str:
@@ -166,7 +167,7 @@ class Evidence:
         judgement = judge(
             self._recent, new, refusal, rules=self.rules, incident_shape=self.incident_shape
         )
-        if judgement.burst or (judgement.escalated and judgement.verdict is Verdict.RELAY_DOWN):
+        if judgement.escalated and judgement.verdict is Verdict.RELAY_DOWN:  # burst, or within
             self.incident_shape = new.shape
         else:
             self._recent.append(new)

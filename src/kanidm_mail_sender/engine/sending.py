@@ -62,7 +62,6 @@ LIKELY_CAUSES = {
     "the provider's window resets, or raise the quota",
     "burst": "the relay refuses every mail with the same reply after DATA: most likely our "
     "sender is not allowed or a sending quota is reached; read the reply",
-    "rate": "the relay limits our rate",
 }
 
 _RATE_QUIET = 60.0  # seconds without a wait for the limits that end a rate-limit incident
@@ -307,9 +306,8 @@ class SendStage:
         if result is None:
             self._report(self._health.cancelled(), counted=True)  # cut off: it may have gone
             raise exc
-        error = str(exc) if isinstance(exc, RelayError) else f"invalid address: {exc}"
-        if isinstance(exc, TemplateError):
-            error = str(exc)
+        ours = isinstance(exc, RelayError | TemplateError)
+        error = str(exc) if ours else f"invalid address: {exc}"
         refusal = exc.refusal if isinstance(exc, RelayError) else None
         named = refusal is not None and refusal.cause.value in ("sender", "quota")
         cause = refusal.cause.value if refusal is not None and named else "relay"
