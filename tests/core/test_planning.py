@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from uuid import uuid4
 
@@ -48,6 +49,44 @@ def state(kind: str, attempts: int = 1, next_attempt: float | None = None) -> De
 def test_plan(destinations, states, expires, action, due) -> None:
     plan = plan_message(message(*destinations, expires=expires), states, NOW)
     assert (plan.action, plan.due) == (action, due)
+
+
+def _ready_since(age: float | None, *destinations: str) -> QueuedMessage:
+    ready = None if age is None else datetime.fromtimestamp(NOW - age, UTC)
+    return replace(message(*destinations), send_after=ready)
+
+
+@pytest.mark.parametrize(
+    ("age", "destinations", "states", "delay", "action"),
+    [
+        (10, ("a",), {}, 0, Action.SEND),  # active: everything ready goes
+        (10, ("a",), {}, 300, Action.HOLD),  # standby: fresh, left to the primary
+        (299.9, ("a",), {}, 300, Action.HOLD),
+        (300, ("a",), {}, 300, Action.SEND),  # ready for the whole delay: the primary is gone
+        (900, ("a",), {}, 300, Action.SEND),
+        (None, ("a",), {}, 300, Action.SEND),  # no known age: sent rather than never
+        (10, ("a",), {"a": state(ACCEPTED)}, 300, Action.MARK),  # its own acceptance: marked
+        (10, (), {}, 300, Action.HOLD),  # not even journalled while the primary may have it
+        (900, (), {}, 300, Action.NO_DESTINATION),
+        (10, ("a",), {"a": state(EXPIRED)}, 300, Action.DONE),
+    ],
+)
+def test_standby_holds_what_the_primary_should_still_send(
+    age: float | None,
+    destinations: tuple[str, ...],
+    states: dict[str, DestinationState],
+    delay: float,
+    action: Action,
+) -> None:
+    plan = plan_message(_ready_since(age, *destinations), states, NOW, standby_delay=delay)
+    assert plan.action is action
+
+
+def test_a_standby_holds_a_fresh_expired_reset_silently() -> None:
+    """The primary journals and logs it; a standby says nothing about it until it is old."""
+    fresh = replace(message("a", expires=NOW - 1), send_after=datetime.fromtimestamp(NOW, UTC))
+    assert plan_message(fresh, {}, NOW, standby_delay=300).action is Action.HOLD
+    assert plan_message(fresh, {}, NOW + 300, standby_delay=300).action is Action.EXPIRE
 
 
 def test_plan_carries_attempts_of_due_destinations() -> None:

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from kanidm_mail_sender.config.settings import (
 )
 from kanidm_mail_sender.errors import ConfigError
 from kanidm_mail_sender.ops.probe import probe
+from kanidm_mail_sender.state.place import ephemeral_dir
 from tests.helpers import ROOT
 
 K8S = ROOT / "examples" / "kubernetes"
@@ -172,9 +174,14 @@ def test_dockerfile_pieces() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"ARG PYTHON_IMAGE=python:3\.\d+-slim-[a-z]+\n", text)
     assert text.count("FROM ${PYTHON_IMAGE}") == 2  # build and runtime stages
-    assert "--require-hashes -r /wheels/requirements.lock" in text
+    build, runtime = text.split(" AS runtime", 1)
+    assert "--require-hashes -r requirements.lock" in build
     for arg in ("PIP_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_CERT"):
-        assert f"ARG {arg}=" in text
+        assert f"ARG {arg}=" in build
+    # No build argument in the final stage: its value would be written into the history.
+    assert "ARG " not in runtime
+    assert "PIP_" not in runtime
+    assert "/sbin/kanidm-mail-sender" in runtime  # kaniop's command
     assert "USER 10001:10001" in text
     assert "STOPSIGNAL SIGTERM" in text
     assert 'CMD ["kanidm-mail-sender", "--probe"]' in text
@@ -221,4 +228,21 @@ def test_probe_output_is_one_line_and_the_exit_code(
     assert out.count("\n") == 1
     assert out.startswith("unhealthy: http://127.0.0.1:1/readyz:")
     assert main(["-m", "/nonexistent/mail-sender", "--probe"], environ={}) == 1
-    assert "file not found" in capsys.readouterr().out
+    assert "does not exist, and no daemon holds" in capsys.readouterr().out
+
+
+def test_probe_without_a_config_finds_the_daemon_in_the_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kaniop's command names -c/-m /data/config/...; the image's health check runs with no
+    flags, so it finds the daemon where a daemon without state_dir keeps its lock."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    missing = tmp_path / "no-config"
+    healthy, why = probe(missing, {})
+    assert not healthy
+    fallback = ephemeral_dir()
+    fallback.mkdir()
+    (fallback / "lock").write_text(f"{os.getpid()}\n")  # this process stands in for it
+    healthy, why = probe(missing, {})
+    assert healthy, why
+    assert str(fallback) in why

@@ -17,6 +17,7 @@ from kanidm_mail_sender.config.settings import (
     load_client_config,
     load_mail_config,
     resolve_state_dir,
+    state_dir_named,
 )
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "load_configs",
     "load_mail_config",
     "resolve_state_dir",
+    "state_dir_named",
 ]

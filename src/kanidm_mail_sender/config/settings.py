@@ -53,6 +53,7 @@ __all__ = [
     "parse_relay_url",
     "resolve_state_dir",
     "split_listen",
+    "state_dir_named",
 ]
 
 DEFAULT_CLIENT_CONFIG = Path("/etc/kanidm/config")
@@ -189,6 +190,8 @@ class MailSenderConfig(BaseModel):
     http_list_timeout_seconds: float = Field(default=120, gt=0, le=3600)
     http_list_max_mib: int = Field(default=256, ge=1, le=4096)
     state_dir: Path | None = None
+    # > 0: a standby that sends only what has been ready this long (upstream's HA design).
+    standby_delay_seconds: float = Field(default=0, ge=0, le=86400)
     # 5 s + the 2 s hard stop stays inside the 10 s that docker and podman stop wait by default.
     shutdown_grace_seconds: float = Field(default=5, ge=0, le=3600)
     retry_initial_seconds: float = Field(default=30, gt=0, le=86400)
@@ -473,6 +476,9 @@ def _resolve_secrets(
     return data
 
 
+_RESET_LINK_LIFE = 3600.0  # Kanidm's default credential-reset link lifetime
+
+
 def load_mail_config(
     path: Path, *, environ: Mapping[str, str] | None = None
 ) -> Loaded[MailSenderConfig]:
@@ -498,6 +504,12 @@ def load_mail_config(
         warnings.append(
             f"{path}: 'mail_username' is set without 'mail_password'; "
             "no SMTP authentication will be attempted"
+        )
+    if config.standby_delay_seconds >= _RESET_LINK_LIFE:
+        warnings.append(
+            f"{path}: key 'standby_delay_seconds': {config.standby_delay_seconds:g} s is as long "
+            "as a reset link lives by default (1 hour): while the primary is down, this standby "
+            "would send such links dead or not at all; use a few minutes (300 to 600)"
         )
     if config.mail_password is not None and not config.mail_username:
         warnings.append(
@@ -540,3 +552,9 @@ def resolve_state_dir(config: MailSenderConfig, environ: Mapping[str, str]) -> P
         return config.state_dir
     from_systemd = environ.get("STATE_DIRECTORY", "").split(":")[0]
     return Path(from_systemd) if from_systemd else DEFAULT_STATE_DIR
+
+
+def state_dir_named(config: MailSenderConfig, environ: Mapping[str, str]) -> bool:
+    """Whether the operator named the state directory (``state_dir`` or systemd's
+    ``$STATE_DIRECTORY``) rather than leaving it to the default."""
+    return config.state_dir is not None or bool(environ.get("STATE_DIRECTORY", "").split(":")[0])

@@ -16,7 +16,13 @@ from uuid import UUID
 from kanidm_mail_sender.core.addresses import domain_of
 from kanidm_mail_sender.core.render import RenderedMail
 
-__all__ = ["Envelope", "MailIdentity", "build_message", "stable_message_id"]
+__all__ = ["AUTOMATIC", "Envelope", "MailIdentity", "build_message", "stable_message_id"]
+
+# RFC 3834: a machine wrote this mail, so vacation responders must not answer it; Exchange and
+# Outlook ignore that header but honour their own (out-of-office and auto-replies only: a
+# bounce of a reset still reaches the sender).
+AUTOMATIC = (("Auto-Submitted", "auto-generated"), ("X-Auto-Response-Suppress", "OOF, AutoReply"))
+_AUTOMATIC_BYTES = "".join(f"{name}: {value}\r\n" for name, value in AUTOMATIC).encode("ascii")
 
 # SMTP line endings, 78-column folding, and never raw 8-bit bodies (as upstream's lettre).
 _POLICY = email.policy.SMTP.clone(cte_type="7bit")
@@ -104,6 +110,7 @@ def _fast_path(
             f"To: {destination}\r\n".encode("ascii"),
             _header_bytes("Subject", rendered.subject),
             f"Date: {date}\r\nMessage-ID: {header_id}\r\n".encode("ascii"),
+            _AUTOMATIC_BYTES,
             b'Content-Type: text/plain; charset="utf-8"\r\n'
             b"Content-Transfer-Encoding: 7bit\r\nMIME-Version: 1.0\r\n\r\n",
             body,
@@ -150,6 +157,8 @@ def _stdlib_message(
     msg["Subject"] = rendered.subject
     msg["Date"] = date
     msg["Message-ID"] = header_id
+    for name, value in AUTOMATIC:
+        msg[name] = value
     msg.set_content(rendered.text, charset="utf-8")
     if rendered.html is not None:
         msg.add_alternative(rendered.html, subtype="html", charset="utf-8")

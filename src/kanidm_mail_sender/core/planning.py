@@ -17,6 +17,7 @@ __all__ = [
     "backoff_delay",
     "expires_at",
     "is_expired",
+    "is_fresh",
     "plan_message",
 ]
 
@@ -32,6 +33,7 @@ class Action(enum.Enum):
     EXPIRE = "expire"  # a credential reset whose link has expired: journal it, never mail it
     NO_DESTINATION = "no_destination"  # nothing to send to: journal it, leave it queued
     WAIT = "wait"  # deferred destinations are not due yet
+    HOLD = "hold"  # a standby leaves a message this fresh to the primary
     DONE = "done"  # already handled for good (expired, or failed permanently)
 
 
@@ -47,16 +49,23 @@ class Plan:
 
 
 def plan_message(
-    message: QueuedMessage, states: Mapping[str, DestinationState], now: float
+    message: QueuedMessage,
+    states: Mapping[str, DestinationState],
+    now: float,
+    *,
+    standby_delay: float = 0.0,
 ) -> Plan:
-    """Decide what to do with ``message`` at wall-clock time ``now``."""
+    """Decide what to do with ``message`` at wall-clock time ``now``; a standby
+    (``standby_delay`` > 0) holds what has been ready for less than that long."""
     if any(s.state == EXPIRED for s in states.values()) or NO_DESTINATION in states:
         return Plan(Action.DONE)
+    accepted = frozenset(d for d in message.destinations if _state(states, d) == ACCEPTED)
+    if message.destinations and len(accepted) == len(message.destinations):
+        return Plan(Action.MARK, accepted=accepted)  # our own acceptances: a standby marks too
+    if standby_delay > 0 and is_fresh(message, now, standby_delay):
+        return Plan(Action.HOLD, accepted=accepted)
     if not message.destinations:
         return Plan(Action.NO_DESTINATION)
-    accepted = frozenset(d for d in message.destinations if _state(states, d) == ACCEPTED)
-    if len(accepted) == len(message.destinations):
-        return Plan(Action.MARK, accepted=accepted)
     if is_expired(message, now):
         return Plan(Action.EXPIRE, accepted=accepted)
     due = tuple(d for d in message.destinations if _is_due(states.get(d), now))
@@ -78,6 +87,16 @@ def is_expired(message: QueuedMessage, now: float) -> bool:
     send stage, and (as ``not_after``) the relay's checks at the wire."""
     deadline = expires_at(message)
     return deadline is not None and now >= deadline
+
+
+def is_fresh(message: QueuedMessage, now: float, delay: float) -> bool:
+    """Whether ``message`` has been ready for less than ``delay`` seconds at ``now``.
+
+    Kanidm always sets ``send_after``; an entry without one has no known age and counts as
+    old, so that a standby never leaves a message unsent (at least once before exactly once).
+    """
+    ready_since = message.send_after
+    return ready_since is not None and now - ready_since.timestamp() < delay
 
 
 def _state(states: Mapping[str, DestinationState], destination: str) -> str | None:

@@ -52,6 +52,7 @@ class DispatchSettings:
     log_interval: float = 300.0
     reported_capacity: int = 10_000
     skipped_lines_per_poll: int = 20
+    standby_delay: float = 0.0  # > 0: a standby, leaving fresher messages to the primary
 
 
 class ReportedOnce:
@@ -105,10 +106,13 @@ class Dispatcher:
         self._incident = Incident(settings.log_interval)
         self.reported = ReportedOnce(settings.reported_capacity)
         self.overflowed = 0  # entries due for sending that the last poll could not queue
+        self._held = 0  # entries the current poll left to the primary
+        self._metrics.standby_delay.set(settings.standby_delay)
 
     #: When the last poll ended (Unix time) and its error, None when it succeeded.
     last_poll: tuple[float, str | None] | None = None
     listed = 0  # ready messages the last successful poll listed
+    held = 0  # of those, left to the primary (a standby's)
 
     async def poll(self, *, feed_seconds: float | None = None) -> None:
         """List ready messages and route each; returns when the list is consumed.
@@ -124,7 +128,7 @@ class Dispatcher:
         count = logged = suppressed = 0
         batch: list[QueuedMessage] = []  # routed together: one journal query for them all
         batch_started = 0.0
-        self.overflowed = 0
+        self.overflowed = self._held = 0
         oldest: datetime | None = None
         try:
             async with aclosing(self._source.ready()) as items:
@@ -201,11 +205,14 @@ class Dispatcher:
         now = self._clock()
         self.last_poll = (now, None)
         self._metrics.poll_ok = True
-        self.listed = count
+        self.listed, self.held = count, self._held
         self._metrics.queue_size.set(count)
+        self._metrics.held.set(self._held)
         self._metrics.last_poll.set(now)
         self._metrics.oldest_age.set(max(0.0, now - oldest.timestamp()) if oldest else 0)
-        log.debug("kanidm.polled", ready=count, not_queued=self.overflowed)
+        log.debug(
+            "kanidm.polled", ready=count, not_queued=self.overflowed, held_for_primary=self._held
+        )
 
     @staticmethod
     def _parse(item: Any) -> QueuedMessage | MalformedMessage:
@@ -251,8 +258,10 @@ class Dispatcher:
         if message.id in self._inflight:  # listed twice, or taken meanwhile
             return
         now = self._clock()
-        plan = plan_message(message, journal, now)
-        if plan.action is Action.SEND:
+        plan = plan_message(message, journal, now, standby_delay=self._s.standby_delay)
+        if plan.action is Action.HOLD:
+            self._held += 1
+        elif plan.action is Action.SEND:
             await self._enqueue(Job(message, plan), feed_seconds)
         elif plan.action is Action.MARK:
             self._marks.submit(message.id)

@@ -67,6 +67,7 @@ class EngineSettings:
     throttle_max: float = 120.0
     log_interval: float = 300.0  # repeated identical failures are logged at most this often
     relay_probe_interval: float | None = None  # probe an idle relay for /readyz
+    standby_delay: float = 0.0  # a standby sends only messages ready for this long
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class HealthView:
     last_error: str | None
     cause: str | None
     evidence: str | None
+    standby_delay: float = 0.0  # 0: active; else a standby with this delay
+    held: int = 0  # ready messages a standby left to the primary at the last poll
 
 
 class Engine:
@@ -168,6 +171,7 @@ class Engine:
                 list_retry_initial=s.list_retry_initial,
                 list_retry_max=s.list_retry_max,
                 log_interval=s.log_interval,
+                standby_delay=s.standby_delay,
             ),
         )
         self._workers: list[asyncio.Task[None]] = []
@@ -239,6 +243,8 @@ class Engine:
             why=why,
             last_poll=self.dispatcher.last_poll,
             listed=self.dispatcher.listed,
+            standby_delay=self._settings.standby_delay,
+            held=self.dispatcher.held,
             paused=health.paused,
             paused_for=max(0.0, health.paused_until - time.monotonic()),
             concurrency=health.limit,

@@ -77,6 +77,18 @@ class Metrics:
             "Destinations rejected in a burst, then deferred again when it was recognised.",
             registry=r,
         )
+        self.standby_delay = Gauge(
+            "kanidm_mail_sender_standby_delay_seconds",
+            "standby_delay_seconds: 0 for an active sender; a standby sends only messages "
+            "ready for at least this long.",
+            registry=r,
+        )
+        self.held = Gauge(
+            "kanidm_mail_sender_standby_held_messages",
+            "Ready messages a standby left to the primary at the last poll (always 0 on an "
+            "active sender).",
+            registry=r,
+        )
         self.poll_ok = False
         self.relay_ok_at: float | None = None
         self.relay_paused = False

@@ -21,7 +21,7 @@ from uuid import UUID
 from kanidm_mail_sender import __version__
 from kanidm_mail_sender.config.loading import Configs, load_configs
 from kanidm_mail_sender.config.preflight import Identity
-from kanidm_mail_sender.config.settings import resolve_state_dir
+from kanidm_mail_sender.config.settings import resolve_state_dir, state_dir_named
 from kanidm_mail_sender.core.messages import CredentialResetV1, MalformedMessage, parse_resource
 from kanidm_mail_sender.core.queueid import relay_queue_id
 from kanidm_mail_sender.core.states import ACCEPTED, DestinationState
@@ -29,6 +29,7 @@ from kanidm_mail_sender.errors import AlreadyRunning, KanidmNotFound, RetryRefus
 from kanidm_mail_sender.kanidm.factory import make_kanidm
 from kanidm_mail_sender.state.journal import RETENTION_SECONDS, Journal
 from kanidm_mail_sender.state.lock import lock_holder
+from kanidm_mail_sender.state.place import find_state_dir
 from kanidm_mail_sender.state.retries import RetryRequest, apply_retry, plan_retry, submit
 from kanidm_mail_sender.state.status import read_status
 from kanidm_mail_sender.state.view import HistoryRow, JournalView
@@ -153,13 +154,32 @@ def _entry(resource: Any) -> dict[str, Any]:
     return entry
 
 
+def _state_dir(configs: Configs, environ: Mapping[str, str]) -> Path:
+    """Where the daemon keeps its journal, its fallback included (as the daemon chose it)."""
+    config = configs.mail
+    named = state_dir_named(config, environ)
+    return find_state_dir(resolve_state_dir(config, environ), named=named)
+
+
+def _role(standby: Any) -> str:
+    if not isinstance(standby, dict):
+        return "-"
+    delay = standby.get("delay_seconds") or 0
+    if not delay:
+        return "active"
+    return (
+        f"STANDBY: sends only what has been ready for {delay:g} s or more; "
+        f"{standby.get('held_for_primary', 0)} left to the primary at the last poll"
+    )
+
+
 async def status(ctx: Context) -> int:
     """Daemon, last poll, relay, journal counts and the oldest ready message.
 
     Exit 0 when a daemon runs and its last poll worked, 1 otherwise.
     """
     configs = ctx.configs()
-    state_dir = resolve_state_dir(configs.mail, ctx.environ)
+    state_dir = _state_dir(configs, ctx.environ)
     now = ctx.clock()
     pid = lock_holder(state_dir)
     published = read_status(state_dir) or {}
@@ -194,6 +214,7 @@ async def status(ctx: Context) -> int:
         "state_dir": str(state_dir),
         "last_poll": last_poll,
         "relay": relay if pid else None,
+        "standby": published.get("standby") if pid else None,
         "journal_counts": counts,
         "ready_now": ready,
         "oldest_ready": None
@@ -231,6 +252,7 @@ async def status(ctx: Context) -> int:
                 if pid
                 else "NOT RUNNING",
             ],
+            ["role", _role(published.get("standby") if pid else None)],
             ["last poll", poll_text],
             ["relay", relay_text],
             [
@@ -248,7 +270,7 @@ async def status(ctx: Context) -> int:
 async def queue(ctx: Context) -> int:
     """Every message Kanidm holds, joined with the journal's state per destination."""
     configs = ctx.configs()
-    view = JournalView(resolve_state_dir(configs.mail, ctx.environ))
+    view = JournalView(_state_dir(configs, ctx.environ))
     kanidm = make_kanidm(configs)
     now = ctx.clock()
     entries = []
@@ -296,7 +318,7 @@ def _queue_id(row: HistoryRow) -> str | None:
 def history(ctx: Context, *, state: str | None, since: float | None, to: str | None) -> int:
     """One row per (message, destination), newest first."""
     configs = ctx.configs()
-    view = JournalView(resolve_state_dir(configs.mail, ctx.environ))
+    view = JournalView(_state_dir(configs, ctx.environ))
     try:
         rows = view.rows(
             state=state,
@@ -327,7 +349,7 @@ def history(ctx: Context, *, state: str | None, since: float | None, to: str | N
 async def show(ctx: Context, message_id: UUID) -> int:
     """Kanidm's entry and every destination's history; exit 5 when neither knows it."""
     configs = ctx.configs()
-    view = JournalView(resolve_state_dir(configs.mail, ctx.environ))
+    view = JournalView(_state_dir(configs, ctx.environ))
     try:
         rows = view.rows(message_id=str(message_id))
     finally:
@@ -389,7 +411,7 @@ async def show(ctx: Context, message_id: UUID) -> int:
 async def retry(ctx: Context, request: RetryRequest) -> int:
     """Make a destination due again; exit 5 with the reason when that would be wrong."""
     configs = ctx.configs()
-    state_dir = resolve_state_dir(configs.mail, ctx.environ)
+    state_dir = _state_dir(configs, ctx.environ)
     view = JournalView(state_dir)
     try:
         states = _states(view.rows(message_id=str(request.message_id)))

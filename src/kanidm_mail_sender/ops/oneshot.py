@@ -15,6 +15,7 @@ from kanidm_mail_sender.config import (
     MailSenderConfig,
     load_configs,
     resolve_state_dir,
+    state_dir_named,
 )
 from kanidm_mail_sender.core.addresses import check_address
 from kanidm_mail_sender.core.mail import MailIdentity, build_message
@@ -23,6 +24,7 @@ from kanidm_mail_sender.core.render import SAMPLE_MESSAGE_ID, Renderer, sample_t
 from kanidm_mail_sender.errors import MailSenderError, RelayError
 from kanidm_mail_sender.kanidm import make_kanidm
 from kanidm_mail_sender.smtp import XOAuth2Auth, make_relay
+from kanidm_mail_sender.state.place import ephemeral_dir, writable
 
 __all__ = ["TEST_DISPLAY_NAME", "render_preview", "run_check", "send_test"]
 
@@ -120,10 +122,16 @@ async def run_check(
         else:
             line("ok", name, "valid")
     state_dir = resolve_state_dir(config, environ)
-    if os.access(state_dir, os.W_OK) or (
-        not state_dir.exists() and os.access(state_dir.parent, os.W_OK)
-    ):
+    if writable(state_dir):
         line("ok", "state directory", f"{state_dir} is writable")
+    elif not state_dir_named(config, environ):
+        line(
+            "warn",
+            "state directory",
+            f"{state_dir} is not writable by uid {os.geteuid()}: the daemon will keep its "
+            f"journal in {ephemeral_dir()}, which lasts only as long as this container; mount "
+            "a volume there or set state_dir to keep it",
+        )
     else:
         line("FAIL", "state directory", f"{state_dir} is not writable by this user")
     kanidm = make_kanidm(configs)

@@ -1,7 +1,9 @@
 """``--probe``: a quiet health check for container engines (one line, no traceback).
 
 With ``metrics_listen`` set it asks the running daemon's ``/readyz``; without, it checks that
-a daemon holds the state directory's lock.
+a daemon holds the state directory's lock. The image runs it with no flags, so when its
+config path holds no config (kaniop's command names ``/data/config/...``), it looks for the
+daemon where a daemon without ``state_dir`` keeps its state: the default, or its fallback.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import http.client
 from collections.abc import Mapping
 from pathlib import Path
 
-from kanidm_mail_sender.config import load_mail_config, resolve_state_dir
+from kanidm_mail_sender.config import DEFAULT_STATE_DIR, load_mail_config, resolve_state_dir
 from kanidm_mail_sender.errors import MailSenderError
-from kanidm_mail_sender.state import lock_holder
+from kanidm_mail_sender.state.lock import lock_holder
+from kanidm_mail_sender.state.place import ephemeral_dir
+from kanidm_mail_sender.state.status import read_status
 
 __all__ = ["probe"]
 
@@ -25,7 +29,9 @@ def probe(mail_config: Path, environ: Mapping[str, str]) -> tuple[bool, str]:
     try:
         config = load_mail_config(mail_config, environ=environ).config
     except MailSenderError as exc:
-        return False, str(exc).splitlines()[0]
+        if mail_config.exists():
+            return False, str(exc).splitlines()[0]
+        return _find_daemon(environ, f"{mail_config} does not exist")
     listen = config.metrics_listen
     if listen is not None:
         return _ready(_ANY.get(listen.host, listen.host), listen.port)
@@ -49,4 +55,15 @@ def _lock_held(state_dir: Path) -> tuple[bool, str]:
     pid = lock_holder(state_dir)
     if pid is None:
         return False, f"no daemon holds {state_dir}"
+    if (read_status(state_dir) or {}).get("running") is False:
+        return False, f"the daemon (pid {pid}) holding {state_dir} is stopping"
     return True, f"the daemon (pid {pid}) holds {state_dir}"
+
+
+def _find_daemon(environ: Mapping[str, str], why: str) -> tuple[bool, str]:
+    from_systemd = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    places = [Path(from_systemd)] if from_systemd else [DEFAULT_STATE_DIR, ephemeral_dir()]
+    for place in places:
+        if lock_holder(place) is not None:
+            return _lock_held(place)
+    return False, f"{why}, and no daemon holds {' or '.join(map(str, places))}"

@@ -75,6 +75,7 @@ def snapshot(view: HealthView, *, started: float, running: bool) -> dict[str, An
         "written": now,
         "last_poll": None if last is None else {"at": last[0], "error": last[1]},
         "ready_at_last_poll": view.listed,
+        "standby": {"delay_seconds": view.standby_delay, "held_for_primary": view.held},
         "relay": {
             "paused": view.paused,
             "paused_until": now + view.paused_for if view.paused_for > 0 else None,

@@ -9,7 +9,12 @@ from datetime import UTC, datetime
 
 import structlog
 
-from kanidm_mail_sender.config import Configs, MailSenderConfig, resolve_state_dir
+from kanidm_mail_sender.config import (
+    Configs,
+    MailSenderConfig,
+    resolve_state_dir,
+    state_dir_named,
+)
 from kanidm_mail_sender.core.mail import MailIdentity
 from kanidm_mail_sender.core.render import Renderer
 from kanidm_mail_sender.engine import CANCEL_DEADLINE, Engine, EngineSettings, Metrics
@@ -21,7 +26,7 @@ from kanidm_mail_sender.runtime.listener import start_metrics_server
 from kanidm_mail_sender.runtime.sdnotify import Notifier
 from kanidm_mail_sender.runtime.signals import HardExit, handle_signals
 from kanidm_mail_sender.smtp import SmtpRelay, make_relay
-from kanidm_mail_sender.state import Journal
+from kanidm_mail_sender.state import Journal, settle_state_dir
 
 __all__ = ["build_engine", "engine_settings", "renderer_for", "run_main"]
 
@@ -44,6 +49,7 @@ def engine_settings(config: MailSenderConfig) -> EngineSettings:
         retry_max=config.retry_max_seconds,
         relay_probe_interval=120.0 if config.metrics_listen else None,
         rate_limits=config.mail_rate_limit,
+        standby_delay=config.standby_delay_seconds,
     )
 
 
@@ -90,7 +96,14 @@ async def run_main(
     schedule = config.schedule.require_future(datetime.now(UTC))
     renderer = renderer_for(config)  # a broken template is exit 3 before the journal opens
     raise_open_files_limit()
-    journal = Journal(resolve_state_dir(config, environ))
+    place = settle_state_dir(
+        resolve_state_dir(config, environ),
+        named=state_dir_named(config, environ),
+        environ=environ,
+    )
+    if place.warning:
+        log.warning("state.ephemeral", detail=place.warning)
+    journal = Journal(place.path)
     metrics = Metrics()
     kanidm = make_kanidm(configs)
     relay = make_relay(config)
@@ -112,6 +125,7 @@ async def run_main(
                 relay=config.relay.describe(),
                 schedule=config.schedule.expression,
                 state_dir=str(journal.state_dir),
+                standby_delay_seconds=config.standby_delay_seconds,
             )
             await run_daemon(
                 engine,

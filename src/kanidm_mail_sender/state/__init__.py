@@ -3,6 +3,7 @@ view), the lock's holder, ``status.json`` and the operator's retry requests."""
 
 from kanidm_mail_sender.state.journal import RETENTION_SECONDS, STATES_BATCH, Journal
 from kanidm_mail_sender.state.lock import lock_holder
+from kanidm_mail_sender.state.place import StatePlace, find_state_dir, settle_state_dir
 from kanidm_mail_sender.state.retries import (
     RetryRequest,
     apply_retries,
@@ -21,11 +22,14 @@ __all__ = [
     "Journal",
     "JournalView",
     "RetryRequest",
+    "StatePlace",
     "apply_retries",
     "apply_retry",
+    "find_state_dir",
     "lock_holder",
     "plan_retry",
     "publish",
     "read_status",
+    "settle_state_dir",
     "submit",
 ]
