@@ -123,6 +123,30 @@ def test_undefined_variable_is_an_error_with_line(tmp_path: Path) -> None:
         r.check_all(datetime.now(UTC))
 
 
+@pytest.mark.parametrize(
+    ("display_name", "destination"),
+    [
+        ("Kanidm", "alice@example.org"),  # the fast path
+        ("Kanidm Åland", "alice@example.org"),  # the stdlib path (encoded name)
+        ("Kanidm", "älice@example.org"),  # the stdlib path with SMTPUTF8
+    ],
+)
+def test_every_mail_tells_responders_it_is_automatic(display_name: str, destination: str) -> None:
+    """RFC 3834's Auto-Submitted, and Exchange's own header (out-of-office and auto-replies
+    only, so a bounce still comes back), whichever way the mail is built."""
+    rendered = renderer().render(RESET, message_id=MID, destination=destination)
+    envelope = build_message(
+        rendered,
+        identity=MailIdentity(display_name, "kanidm@example.com", "help@example.com"),
+        destination=destination,
+        message_id=MID,
+        date=datetime(2026, 2, 18, 3, 0, 6, tzinfo=UTC),
+    )
+    msg = email.message_from_bytes(envelope.data, policy=email.policy.default)
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["X-Auto-Response-Suppress"] == "OOF, AutoReply"
+
+
 def test_headers_of_a_reset_mail() -> None:
     rendered = renderer().render(RESET, message_id=MID, destination="alice.backup@example.org")
     date = datetime(2026, 2, 18, 3, 0, 6, tzinfo=UTC)

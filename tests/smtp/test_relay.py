@@ -76,6 +76,8 @@ async def test_mail_arrives_with_headers_and_body(
     msg = mail.message
     assert msg["Subject"] == "Kanidm: Test Message"
     assert msg["Message-ID"] == sent.message_id
+    assert msg["Auto-Submitted"] == "auto-generated"  # no vacation reply to Reply-To
+    assert msg["X-Auto-Response-Suppress"] == "OOF, AutoReply"
     assert "Hello Rita," in msg.get_content()
 
 

@@ -1,0 +1,153 @@
+"""kaniop's pod, as its operator writes it: the daemon as uid 65534, the two files from a
+Secret (root-owned, 0644) under a read-only /data/config-like directory, no state volume,
+kaniop's exact config text (both relay forms, the ``0 */N`` schedule). It must start and
+deliver, keeping its journal in the private fallback with one warning."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from kanidm_mail_sender.sandbox.certs import Certs
+from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
+from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
+from tests.helpers import SMTP_AUTH, TOKEN, wait_for
+
+NOBODY = 65534
+
+# Root's Python lives under /root (0700 here): everything is imported before the privileges
+# go, then the daemon runs as nobody exactly as the CLI would.
+_AS_NOBODY = f"""
+import importlib, os, pkgutil, sys
+import kanidm_mail_sender
+for found in pkgutil.walk_packages(kanidm_mail_sender.__path__, "kanidm_mail_sender."):
+    if not found.name.endswith("__main__"):
+        importlib.import_module(found.name)
+import encodings.idna
+os.setgroups([])
+os.setgid({NOBODY})
+os.setuid({NOBODY})
+from kanidm_mail_sender.cli import main
+sys.exit(main(sys.argv[1:], dict(os.environ)))
+"""
+
+
+def _kaniop_mail_config(relay: str) -> str:
+    """The mail-sender key of kaniop's Secret (reconcile/mail_sender.rs), schedule every
+    minute as its ``spec.mailSender.schedule`` default writes it."""
+    user, password = SMTP_AUTH
+    return (
+        f'token = "{TOKEN}"\n'
+        'instance_display_name = "Kanidm"\n'
+        'instance_url = "https://idm.example.com"\n'
+        'mail_from_address = "idm@example.com"\n'
+        'mail_reply_to_address = "support@example.com"\n'
+        f'mail_relay = "{relay}"\n'
+        f'mail_username = "{user}"\n'
+        f'mail_password = "{password}"\n'
+        "mail_connect_timeout_seconds = 10\n"
+        'schedule = "0 */1 * * * * *"\n'
+    )
+
+
+@pytest.fixture
+def pod_root() -> Iterator[Path]:
+    """A directory nobody can traverse (pytest's own tmp is root's 0700)."""
+    if os.geteuid() != 0:
+        pytest.skip("becoming uid 65534 needs root")
+    root = Path(tempfile.mkdtemp(prefix="kaniop-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _pod(root: Path, name: str, kanidm_url: str, relay: str, certs: Certs) -> Path:
+    config = root / name / "data" / "config"
+    config.mkdir(parents=True)
+    (config / "config").write_text(f'uri = "{kanidm_url}"\n')
+    (config / "mail-sender").write_text(_kaniop_mail_config(relay))
+    for path in (config / "config", config / "mail-sender"):
+        path.chmod(0o644)  # the Secret's default mode, root-owned
+    config.chmod(0o555)  # the mount is read-only
+    temporary = root / name / "tmp"
+    temporary.mkdir(mode=0o1777)
+    temporary.chmod(0o1777)
+    shutil.copy(certs.ca_path, root / name / "ca.pem")
+    (root / name / "ca.pem").chmod(0o644)
+    return root / name
+
+
+async def _start_pod(pod: Path) -> asyncio.subprocess.Process:
+    environ = {
+        key: value
+        for key, value in os.environ.items()
+        if "COV" not in key and not key.startswith(("KANIDM", "STATE_DIR", "SSL_CERT"))
+    }
+    # kaniop's configs name no CA: the stand-ins' comes through the system store's variable.
+    environ.update(TMPDIR=str(pod / "tmp"), SSL_CERT_FILE=str(pod / "ca.pem"))
+    command = ["-c", str(pod / "data/config/config"), "-m", str(pod / "data/config/mail-sender")]
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _AS_NOBODY,
+        *command,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=environ,
+    )
+
+
+@pytest.mark.timeout(120)  # kaniop's schedule fires at whole minutes: up to 60 s to wait
+async def test_kaniop_pod_as_nobody_starts_and_delivers_in_both_relay_forms(
+    kanidm: KanidmStandIn,
+    relay_factory: Callable[..., Awaitable[SmtpStandIn]],
+    certs: Certs,
+    pod_root: Path,
+) -> None:
+    second = KanidmStandIn(TOKEN)  # one Kanidm per pod: two active senders would both send
+    await second.start(certs.server_context())
+    implicit = await relay_factory(mode="smtps")
+    starttls = await relay_factory(mode="starttls")
+    # Kanidm 1.10's bare host (implicit TLS), and 1.11's URL.
+    pods = [
+        (_pod(pod_root, "bare", kanidm.url, f"127.0.0.1:{implicit.port}", certs), kanidm, implicit),
+        (_pod(pod_root, "url", second.url, starttls.url, certs), second, starttls),
+    ]
+    queued = {
+        id(stand_in): {
+            stand_in.queue_credential_reset("alice@example.com"),
+            stand_in.queue_test_message("bob@example.com"),
+        }
+        for _, stand_in, _ in pods
+    }
+    procs = [await _start_pod(pod) for pod, _, _ in pods]
+    try:
+        # Both poll at the next whole minute.
+        await wait_for(lambda: not kanidm.unsent() and not second.unsent(), timeout=75)
+        for pod, stand_in, relay in pods:
+            assert set(stand_in.sent()) == queued[id(stand_in)]
+            assert sorted(m.rcpt_tos[0] for m in relay.mails) == [
+                "alice@example.com",
+                "bob@example.com",
+            ]
+            fallback = pod / "tmp" / f"kanidm-mail-sender-{NOBODY}"
+            assert (fallback / "journal.sqlite3").stat().st_uid == NOBODY
+            assert fallback.stat().st_mode & 0o777 == 0o700
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.terminate()
+        outputs = [await asyncio.wait_for(proc.communicate(), 15) for proc in procs]
+        await second.stop()
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        text = err.decode()
+        assert proc.returncode == 0, text
+        assert text.count("state.ephemeral") == 1, text
+        assert "is not writable by uid 65534" in text
