@@ -54,6 +54,7 @@ __all__ = [
     "resolve_state_dir",
     "split_listen",
     "state_dir_named",
+    "systemd_state_dir",
 ]
 
 DEFAULT_CLIENT_CONFIG = Path("/etc/kanidm/config")
@@ -550,11 +551,16 @@ def resolve_state_dir(config: MailSenderConfig, environ: Mapping[str, str]) -> P
     """``state_dir``, else systemd's ``$STATE_DIRECTORY`` (first entry), else the default."""
     if config.state_dir is not None:
         return config.state_dir
-    from_systemd = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    return Path(from_systemd) if from_systemd else DEFAULT_STATE_DIR
+    return systemd_state_dir(environ) or DEFAULT_STATE_DIR
+
+
+def systemd_state_dir(environ: Mapping[str, str]) -> Path | None:
+    """The first entry of systemd's ``$STATE_DIRECTORY``, if it is set."""
+    first = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(first) if first else None
 
 
 def state_dir_named(config: MailSenderConfig, environ: Mapping[str, str]) -> bool:
     """Whether the operator named the state directory (``state_dir`` or systemd's
     ``$STATE_DIRECTORY``) rather than leaving it to the default."""
-    return config.state_dir is not None or bool(environ.get("STATE_DIRECTORY", "").split(":")[0])
+    return config.state_dir is not None or systemd_state_dir(environ) is not None

@@ -207,6 +207,7 @@ async def status(ctx: Context) -> int:
         finally:
             await kanidm.aclose()
     last_poll = published.get("last_poll") if pid else None
+    standby = published.get("standby") if pid else None
     relay = published.get("relay") or {}
     data = {
         "daemon": {"running": pid is not None, "pid": pid, "version": published.get("version")},
@@ -214,7 +215,7 @@ async def status(ctx: Context) -> int:
         "state_dir": str(state_dir),
         "last_poll": last_poll,
         "relay": relay if pid else None,
-        "standby": published.get("standby") if pid else None,
+        "standby": standby,
         "journal_counts": counts,
         "ready_now": ready,
         "oldest_ready": None
@@ -252,7 +253,7 @@ async def status(ctx: Context) -> int:
                 if pid
                 else "NOT RUNNING",
             ],
-            ["role", _role(published.get("standby") if pid else None)],
+            ["role", _role(standby)],
             ["last poll", poll_text],
             ["relay", relay_text],
             [

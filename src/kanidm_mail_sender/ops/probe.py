@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from kanidm_mail_sender.config import DEFAULT_STATE_DIR, load_mail_config, resolve_state_dir
+from kanidm_mail_sender.config.settings import systemd_state_dir
 from kanidm_mail_sender.errors import MailSenderError
 from kanidm_mail_sender.state.lock import lock_holder
-from kanidm_mail_sender.state.place import ephemeral_dir
+from kanidm_mail_sender.state.place import find_state_dir
 from kanidm_mail_sender.state.status import read_status
 
 __all__ = ["probe"]
@@ -61,9 +62,7 @@ def _lock_held(state_dir: Path) -> tuple[bool, str]:
 
 
 def _find_daemon(environ: Mapping[str, str], why: str) -> tuple[bool, str]:
-    from_systemd = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    places = [Path(from_systemd)] if from_systemd else [DEFAULT_STATE_DIR, ephemeral_dir()]
-    for place in places:
-        if lock_holder(place) is not None:
-            return _lock_held(place)
-    return False, f"{why}, and no daemon holds {' or '.join(map(str, places))}"
+    from_systemd = systemd_state_dir(environ)
+    place = find_state_dir(from_systemd or DEFAULT_STATE_DIR, named=from_systemd is not None)
+    healthy, found = _lock_held(place)
+    return healthy, found if healthy else f"{why}, and {found}"
