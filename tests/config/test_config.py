@@ -114,6 +114,17 @@ def test_unknown_keys_and_half_credentials_warn(tmp_path: Path) -> None:
     assert loaded.config.credentials() is None
 
 
+@pytest.mark.parametrize(
+    ("delay", "warned"), [(0, False), (300, False), (3599, False), (3600, True)]
+)
+def test_a_standby_delay_as_long_as_a_reset_link_warns(
+    tmp_path: Path, delay: int, warned: bool
+) -> None:
+    loaded = load_mail_config(write(tmp_path, with_(standby_delay_seconds=delay)), environ={})
+    assert loaded.config.standby_delay_seconds == delay
+    assert any("'standby_delay_seconds'" in w for w in loaded.warnings) is warned
+
+
 def test_secrets_never_appear_in_repr_or_errors(tmp_path: Path) -> None:
     data = with_(mail_username="u", mail_password="hunter2-secret", token="tok-secret-1")
     config = load_mail_config(write(tmp_path, data), environ={}).config

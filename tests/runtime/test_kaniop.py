@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -164,3 +165,33 @@ async def test_kaniop_pod_as_nobody_starts_and_delivers_in_both_relay_forms(
         assert proc.returncode == 0, text
         assert text.count("state.ephemeral") == 1, text
         assert "is not writable by uid 65534" in text
+
+
+def test_nobody_looks_past_a_default_state_dir_it_cannot_enter(pod_root: Path) -> None:
+    """The image's /var/lib/kanidm-mail-sender is 0700 for uid 10001: kaniop's uid 65534 (the
+    image's health check, an operator command) finds the fallback instead of a traceback."""
+    default = pod_root / "var-lib"
+    default.mkdir(mode=0o700)
+    (default / "lock").write_text("1\n")
+    temporary = pod_root / "tmp"
+    temporary.mkdir(mode=0o1777)
+    temporary.chmod(0o1777)
+    script = f"""
+import os
+from pathlib import Path
+from kanidm_mail_sender.state.place import ephemeral_dir, find_state_dir, writable
+os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})
+root = Path({str(temporary)!r})
+ephemeral_dir(root).mkdir(mode=0o700)
+print(find_state_dir(Path({str(default)!r}), named=False, temp_root=root))
+(ephemeral_dir(root) / "lock").write_text("1")
+print(find_state_dir(Path({str(default)!r}), named=False, temp_root=root))
+print(writable(Path({str(default / "inner")!r})))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    fallback = temporary / f"kanidm-mail-sender-{NOBODY}"
+    # Nothing found anywhere: the default is named (its absence is the answer); then the fallback.
+    assert done.stdout.split() == [str(default), str(fallback), "False"]

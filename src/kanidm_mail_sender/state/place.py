@@ -59,20 +59,32 @@ def settle_state_dir(
 def find_state_dir(path: Path, *, named: bool, temp_root: Path | None = None) -> Path:
     """The directory a reader (operator commands, the probe) should look in: the daemon's
     fallback when the default holds nothing and the fallback does."""
-    if named or (path / "lock").exists():
+    if named or _exists(path / "lock"):
         return path
     fallback = ephemeral_dir(temp_root)
-    return fallback if (fallback / "lock").exists() else path
+    return fallback if _exists(fallback / "lock") else path
 
 
 def writable(path: Path) -> bool:
     """Whether this user can use ``path``, or create it, without creating anything now."""
     probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            return False
-        probe = probe.parent
+    try:
+        while not probe.exists():
+            if probe.parent == probe:
+                return False
+            probe = probe.parent
+    except PermissionError:
+        return False  # a parent this user cannot enter
     return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, false where this user may not look: the image's default directory
+    is 0700 for its own uid, and kaniop's uid 65534 must look past it, not fail."""
+    try:
+        return path.exists()
+    except PermissionError:
+        return False
 
 
 def _make_private(directory: Path) -> None:
