@@ -130,6 +130,10 @@ async def test_unknown_template_and_odd_entries_do_not_stop_the_rest(
     skipped = [e for e in logs if e["event"] == "message.skipped"]
     assert len(skipped) == 2  # logged once each, although polled twice
     assert any("PasswordExpiryV1" in e["reason"] for e in skipped)
+    # What the alerts read: one kind this version cannot render, one malformed entry.
+    gauge = harness.engine.metrics.registry.get_sample_value
+    assert gauge("kanidm_mail_sender_skipped_messages", {"reason": "unknown_kind"}) == 1
+    assert gauge("kanidm_mail_sender_skipped_messages", {"reason": "malformed"}) == 1
     crlf_mail = next(m for m in relay.mails if m.rcpt_tos == ["crlf@example.com"])
     assert crlf_mail.message["Bcc"] is None
 
@@ -193,11 +197,16 @@ async def test_kanidm_list_errors_back_off_and_recover(
     kanidm.queue_test_message("a@example.com")
     kanidm.faults.list_statuses = [500, 500]
     harness = harness_factory()
+    sample = harness.engine.metrics.registry.get_sample_value
+    failing = []
     with capture_logs() as logs:
         for _ in range(3):
             await harness.cycle()
+            failing.append(sample("kanidm_mail_sender_kanidm_failing", {"call": "list"}))
             time.sleep(0.02)  # past the (test-sized) backoff
     assert kanidm.list_calls == 3
+    assert failing == [1, 1, 0]
+    assert sample("kanidm_mail_sender_kanidm_errors_total", {"call": "list"}) == 2
     assert len([e for e in logs if e["event"] == "kanidm.list_failed"]) == 1
     assert any(e["event"] == "kanidm.list_recovered" for e in logs)
     assert len(relay.mails) == 1
@@ -234,6 +243,10 @@ async def test_a_mark_outage_is_logged_once_not_per_message(
     events = [e["event"] for e in logs]
     assert events.count("kanidm.mark_failed") == 1
     assert events.count("kanidm.mark_recovered") == 1
+    sample = harness.engine.metrics.registry.get_sample_value
+    # Each failed attempt the stage saw (the pipeline asks a refused mark again itself).
+    assert 1 <= (sample("kanidm_mail_sender_kanidm_errors_total", {"call": "mark"}) or 0) <= 6
+    assert sample("kanidm_mail_sender_kanidm_failing", {"call": "mark"}) == 0
 
 
 async def test_mark_sent_404_forgets_and_goes_on(

@@ -14,6 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, REJECTED
+from kanidm_mail_sender.engine.metrics import PAUSE_CAUSES
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 from tests.helpers import Harness, delivered
@@ -121,6 +122,10 @@ async def test_a_refusal_of_our_sender_after_data_never_burns_the_queue(
         await asyncio.sleep(2.0)
         assert harness.engine.health.paused
         assert harness.engine.health.cause == cause
+        paused_on = harness.engine.metrics.registry.get_sample_value
+        assert [
+            paused_on("kanidm_mail_sender_relay_paused", {"cause": c}) for c in PAUSE_CAUSES
+        ] == [1 if c == cause else 0 for c in PAUSE_CAUSES]
         rejected_during = states(harness, kanidm)[REJECTED]
         relay.faults.data_refusal = None
         await harness.engine.idle()
@@ -138,6 +143,7 @@ async def test_a_refusal_of_our_sender_after_data_never_burns_the_queue(
     assert "sender" in paused[0]["likely_cause"]
     metrics = harness.engine.metrics.registry
     assert metrics.get_sample_value("kanidm_mail_sender_relay_pauses_total", {"cause": cause}) == 1
+    assert metrics.get_sample_value("kanidm_mail_sender_relay_paused", {"cause": cause}) == 0
     if cause == "burst":
         assert paused[0]["evidence"].startswith("3 distinct destinations in a row")
         assert metrics.get_sample_value("kanidm_mail_sender_put_back_total") == 2

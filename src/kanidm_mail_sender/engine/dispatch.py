@@ -14,20 +14,26 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
 import structlog
 
-from kanidm_mail_sender.core.messages import MalformedMessage, QueuedMessage, parse_resource
+from kanidm_mail_sender.core.messages import (
+    MalformedMessage,
+    QueuedMessage,
+    UnknownTemplate,
+    parse_resource,
+)
 from kanidm_mail_sender.core.planning import NO_DESTINATION, Action, backoff_delay, plan_message
 from kanidm_mail_sender.core.states import REJECTED, DestinationState
 from kanidm_mail_sender.engine.expiry import record_expired
 from kanidm_mail_sender.engine.incident import Incident
 from kanidm_mail_sender.engine.inflight import InFlight, Phase, StageContext
 from kanidm_mail_sender.engine.marking import MarkStage
+from kanidm_mail_sender.engine.metrics import SKIP_REASONS
 from kanidm_mail_sender.engine.sending import Job
 from kanidm_mail_sender.errors import KanidmAuthError, KanidmError, KanidmNotFound
 from kanidm_mail_sender.state.journal import STATES_BATCH, Journal
@@ -125,11 +131,12 @@ class Dispatcher:
         now = self._clock()
         if self._stopping.is_set() or now < self._retry_at:
             return
-        count = logged = suppressed = 0
+        count = 0
         batch: list[QueuedMessage] = []  # routed together: one journal query for them all
         batch_started = 0.0
         self.overflowed = self._held = 0
         oldest: datetime | None = None
+        skips = _Skips(self._s.skipped_lines_per_poll)
         try:
             async with aclosing(self._source.ready()) as items:
                 async for item in items:
@@ -138,10 +145,7 @@ class Dispatcher:
                     count += 1
                     message = self._parse(item)
                     if isinstance(message, MalformedMessage):
-                        if self._report(message, logged < self._s.skipped_lines_per_poll):
-                            logged += 1
-                        elif message.key not in self.reported:
-                            suppressed += 1
+                        self._skip(message, skips)
                         continue
                     sent_after = message.send_after
                     if sent_after is not None and (oldest is None or sent_after < oldest):
@@ -171,10 +175,11 @@ class Dispatcher:
             await self._route_batch(batch, feed_seconds)
             self._failed(exc)
             return
-        self._succeeded(count, oldest, suppressed)
+        self._succeeded(count, oldest, skips)
 
     def _failed(self, exc: KanidmError) -> None:
         self._metrics.poll_ok = False
+        self._metrics.kanidm_call("list", failed=True)
         now = self._clock()
         self.last_poll = (now, str(exc))
         log_it = self._incident.failed(now)
@@ -192,19 +197,22 @@ class Dispatcher:
                 retry_in_seconds=round(delay, 1),
             )
 
-    def _succeeded(self, count: int, oldest: datetime | None, suppressed: int) -> None:
+    def _succeeded(self, count: int, oldest: datetime | None, skips: _Skips) -> None:
         failures = self._incident.ended()
         if failures:
             log.info("kanidm.list_recovered", failures=failures)
-        if suppressed:
+        for reason, number in skips.by_reason.items():
+            self._metrics.skipped.labels(reason=reason).set(number)
+        if skips.suppressed:
             log.warning(
                 "message.skipped_more",
-                count=suppressed,
+                count=skips.suppressed,
                 note="more bad entries than are logged per poll",
             )
         now = self._clock()
         self.last_poll = (now, None)
         self._metrics.poll_ok = True
+        self._metrics.kanidm_call("list", failed=False)
         self.listed, self.held = count, self._held
         self._metrics.queue_size.set(count)
         self._metrics.held.set(self._held)
@@ -222,6 +230,13 @@ class Dispatcher:
             return parse_resource(item)
         except MalformedMessage as exc:
             return exc
+
+    def _skip(self, bad: MalformedMessage, skips: _Skips) -> None:
+        skips.by_reason[_skip_reason(bad)] += 1
+        if self._report(bad, skips.logged < skips.budget):
+            skips.logged += 1
+        elif bad.key not in self.reported:
+            skips.suppressed += 1
 
     def _report(self, bad: MalformedMessage, may_log: bool) -> bool:
         """Log a bad entry the first time it is seen; True if this call logged it. Past the
@@ -310,3 +325,20 @@ def drain(queue: asyncio.Queue[Job], inflight: InFlight) -> list[UUID]:
         inflight.release(job.message.id)
         dropped.append(job.message.id)
     return dropped
+
+
+@dataclass
+class _Skips:
+    """The entries one poll skipped: how many it logged (up to ``budget``), left unlogged,
+    and why, for the ``skipped_messages`` gauge."""
+
+    budget: int
+    logged: int = 0
+    suppressed: int = 0
+    by_reason: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+
+
+def _skip_reason(bad: MalformedMessage) -> str:
+    """The ``skipped_messages`` label: a kind this version cannot render is an upgrade to
+    make, not bad data."""
+    return "unknown_kind" if isinstance(bad, UnknownTemplate) else "malformed"

@@ -156,6 +156,7 @@ class MarkStage:
                 return
             except KanidmError as exc:
                 attempt += 1
+                self._metrics.kanidm_call("mark", failed=True)
                 if self._incident.failed(self._clock()):
                     log.warning(
                         "kanidm.mark_failed",
@@ -180,6 +181,7 @@ class MarkStage:
                     return
                 continue
             self._metrics.marked_sent.inc()
+            self._metrics.kanidm_call("mark", failed=False)
             self.recent.add(message_id)
             log.debug("message.marked_sent", message_id=str(message_id))
             failures = self._incident.ended()

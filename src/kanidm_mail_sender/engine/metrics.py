@@ -6,10 +6,16 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-__all__ = ["RELAY_FRESHNESS_SECONDS", "Metrics"]
+__all__ = ["KANIDM_CALLS", "PAUSE_CAUSES", "RELAY_FRESHNESS_SECONDS", "SKIP_REASONS", "Metrics"]
 
 # Ready means: the last poll succeeded, and the relay worked (or was checked) this recently.
 RELAY_FRESHNESS_SECONDS = 300.0
+
+# Every label value is fixed here, and each series exists from the start: an alert on a
+# series that appears only on the first failure cannot tell "fine" from "not scraped".
+PAUSE_CAUSES = ("relay", "sender", "quota", "burst")
+KANIDM_CALLS = ("list", "mark")
+SKIP_REASONS = ("unknown_kind", "malformed")
 
 
 class Metrics:
@@ -70,8 +76,53 @@ class Metrics:
             ["cause"],
             registry=r,
         )
-        for cause in ("relay", "sender", "quota", "burst"):
+        self.pause_cause = Gauge(
+            "kanidm_mail_sender_relay_paused",
+            "1 while all sending is paused after a relay-wide failure, on the pause's cause; "
+            "it stays 1 until a probe send succeeds.",
+            ["cause"],
+            registry=r,
+        )
+        for cause in PAUSE_CAUSES:
             self.relay_incidents.labels(cause=cause)
+            self.pause_cause.labels(cause=cause).set(0)
+        self.relay_throttled = Gauge(
+            "kanidm_mail_sender_relay_throttled",
+            "1 while the relay throttles our rate (fewer sends at once, short pauses), until a "
+            "send succeeds again.",
+            registry=r,
+        )
+        self.relay_concurrency = Gauge(
+            "kanidm_mail_sender_relay_concurrency",
+            "Sends allowed at once now: lowered while the relay throttles.",
+            registry=r,
+        )
+        self.kanidm_errors = Counter(
+            "kanidm_mail_sender_kanidm_errors",
+            "Failed calls to Kanidm's API, by call: list (a poll) or mark (a mark-sent "
+            "attempt, retried).",
+            ["call"],
+            registry=r,
+        )
+        self.kanidm_failing = Gauge(
+            "kanidm_mail_sender_kanidm_failing",
+            "1 while calls of this kind to Kanidm fail: list, since the last poll failed; "
+            "mark, while mark-sent calls are being retried.",
+            ["call"],
+            registry=r,
+        )
+        for call in KANIDM_CALLS:
+            self.kanidm_errors.labels(call=call)
+            self.kanidm_failing.labels(call=call).set(0)
+        self.skipped = Gauge(
+            "kanidm_mail_sender_skipped_messages",
+            "Queue entries the last poll skipped, by reason: unknown_kind (a message kind or "
+            "variant this sender cannot render: upgrade it) or malformed.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in SKIP_REASONS:
+            self.skipped.labels(reason=reason).set(0)
         self.put_back = Counter(
             "kanidm_mail_sender_put_back",
             "Destinations rejected in a burst, then deferred again when it was recognised.",
@@ -94,6 +145,19 @@ class Metrics:
         self.relay_paused = False
         self.journal_failing = False
         self.stopping = False  # stopping or fatal: both probes answer 503
+
+    def relay_state(self, *, paused_on: str | None, throttled: bool, concurrency: int) -> None:
+        """The relay's state after a send ended: the open pause's cause, if any."""
+        for cause in PAUSE_CAUSES:
+            self.pause_cause.labels(cause=cause).set(1 if cause == paused_on else 0)
+        self.relay_throttled.set(1 if throttled else 0)
+        self.relay_concurrency.set(concurrency)
+
+    def kanidm_call(self, call: str, *, failed: bool) -> None:
+        """A call to Kanidm ended (``call``: one of KANIDM_CALLS)."""
+        if failed:
+            self.kanidm_errors.labels(call=call).inc()
+        self.kanidm_failing.labels(call=call).set(1 if failed else 0)
 
     def relay_ok(self) -> None:
         """The relay accepted a mail or a check just now."""

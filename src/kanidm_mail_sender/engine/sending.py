@@ -129,6 +129,7 @@ class SendStage:
         self._rate_log = Incident(settings.log_interval)
         self._last_rate_wait = 0.0
         self._metrics = context.metrics
+        self._metrics.relay_concurrency.set(health.limit)
         self._s = settings
         self._stopping = context.stopping
         self._on_fatal = context.on_fatal
@@ -488,6 +489,11 @@ class SendStage:
         self.wake()
         health = self._health
         self._metrics.relay_paused = health.paused
+        self._metrics.relay_state(
+            paused_on=(health.cause or "relay") if health.paused else None,
+            throttled=health.throttles > 0 and not health.paused,
+            concurrency=health.limit,
+        )
         if change is Change.PAUSED:
             self._metrics.relay_incidents.labels(cause=health.cause).inc()
         if change is Change.PAUSED and self._relay_log.failed(time.monotonic()):
