@@ -44,9 +44,15 @@ class JournalView:
                 f"{self.path}: no delivery journal; has the daemon run with this state_dir?"
             )
         try:
-            self._conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=5)
+            self._conn = sqlite3.connect(
+                f"{self.path.absolute().as_uri()}?mode=ro", uri=True, timeout=5
+            )
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot read the delivery journal ({exc})") from None
+        try:
             self._conn.execute("SELECT 1 FROM delivery LIMIT 1").fetchall()
         except sqlite3.Error as exc:
+            self._conn.close()  # a journal without its table yet: nothing is left open
             raise StateError(f"{self.path}: cannot read the delivery journal ({exc})") from None
 
     def rows(
