@@ -7,7 +7,7 @@ import json
 
 import structlog
 
-from kanidm_mail_sender.logs import configure_logging
+from kanidm_mail_sender.logs import configure_logging, get_logger
 
 
 def test_json_logs_redact_secrets() -> None:
@@ -69,3 +69,15 @@ def test_control_characters_from_kanidm_are_escaped_in_text_lines() -> None:
     for escaped in ("\\u001b", "\\r", "\\u202e", "\\u007f", "\\u009b"):
         assert escaped in line
     assert " plain=ok" in line
+
+
+def test_every_line_names_the_part_of_the_daemon_that_wrote_it() -> None:
+    for as_json in (False, True):
+        stream = io.StringIO()
+        configure_logging(debug=False, json=as_json, stream=stream)
+        get_logger("kanidm_mail_sender.engine.sending").info("mail.accepted", destination="a@b.c")
+        line = stream.getvalue()
+        if as_json:
+            assert json.loads(line)["component"] == "engine.sending"
+        else:
+            assert " mail.accepted component=engine.sending destination=a@b.c" in line

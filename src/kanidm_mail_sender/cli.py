@@ -28,8 +28,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
-import structlog
-
 from kanidm_mail_sender import __version__
 from kanidm_mail_sender.config import (
     DEFAULT_CLIENT_CONFIG,
@@ -48,7 +46,7 @@ from kanidm_mail_sender.errors import (
     RelayError,
     StateError,
 )
-from kanidm_mail_sender.logs import configure_logging
+from kanidm_mail_sender.logs import configure_logging, get_logger
 from kanidm_mail_sender.ops import commands, parse_since, probe
 
 __all__ = ["EXIT_CONFIG", "EXIT_FATAL", "EXIT_OK", "main"]
@@ -253,7 +251,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_OK if healthy else EXIT_FATAL
     debug = _debug(args.debug, env, parser)
     configure_logging(debug=debug, json=_json_logs(env, None))
-    log = structlog.get_logger("kanidm_mail_sender")
+    log = get_logger(__name__)
     ids = Identity.current()
     try:
         if args.check:
@@ -276,7 +274,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             args.client_config, args.mail_sender_config, environ=env, ids=ids
         )
         configure_logging(debug=debug, json=_json_logs(env, configs.mail.log_format))
-        log = structlog.get_logger("kanidm_mail_sender")
+        log = get_logger(__name__)
         for warning in warnings:
             log.warning("config.warning", detail=warning)
         if args.render is not None:
@@ -319,7 +317,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 def _test_mode(configs: Configs, address: str) -> int:
     from kanidm_mail_sender.ops.oneshot import send_test
 
-    log = structlog.get_logger("kanidm_mail_sender")
+    log = get_logger(__name__)
     try:
         reply = _run(send_test(configs, address))
     except RelayError as exc:

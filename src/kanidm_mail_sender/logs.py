@@ -12,9 +12,15 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["TextRenderer", "Timestamp", "configure_logging", "redact_secrets"]
+__all__ = ["TextRenderer", "Timestamp", "configure_logging", "get_logger", "redact_secrets"]
 
 _SECRET_KEYS = frozenset({"token", "password", "mail_password", "authorization", "secret"})
+
+
+def get_logger(module: str) -> Any:
+    """The logger of one module: every line it writes names the part of the daemon that wrote
+    it, as ``component`` (the module's path in the package, e.g. ``engine.sending``)."""
+    return structlog.get_logger(component=module.removeprefix("kanidm_mail_sender."))
 
 
 def redact_secrets(

@@ -16,4 +16,5 @@ async def test_the_sandbox_mails_both_messages_and_says_nothing_deprecated() -> 
     assert code == 0, text
     assert "all 2 messages were mailed and marked sent in Kanidm" in text
     assert text.count("Subject: ") == 2
+    assert text.count("mail.accepted component=engine.sending ") == 2
     assert "deprecat" not in text.lower()

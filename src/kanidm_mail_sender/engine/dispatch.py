@@ -19,8 +19,6 @@ from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
-import structlog
-
 from kanidm_mail_sender.core.messages import (
     MalformedMessage,
     QueuedMessage,
@@ -36,11 +34,12 @@ from kanidm_mail_sender.engine.marking import MarkStage
 from kanidm_mail_sender.engine.metrics import SKIP_REASONS
 from kanidm_mail_sender.engine.sending import Job
 from kanidm_mail_sender.errors import KanidmAuthError, KanidmError, KanidmNotFound
+from kanidm_mail_sender.logs import get_logger
 from kanidm_mail_sender.state.journal import STATES_BATCH, Journal
 
 __all__ = ["DispatchSettings", "Dispatcher", "MessageSource", "ReportedOnce", "drain"]
 
-log = structlog.get_logger("kanidm_mail_sender.dispatch")
+log = get_logger(__name__)
 
 
 class MessageSource(Protocol):

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
 
-import structlog
-
 from kanidm_mail_sender.core.mail import MailIdentity
 from kanidm_mail_sender.core.ratelimit import Rate, SendLimiter
 from kanidm_mail_sender.core.render import Renderer
@@ -28,11 +26,12 @@ from kanidm_mail_sender.engine.marking import MarkSettings, MarkStage
 from kanidm_mail_sender.engine.metrics import Metrics
 from kanidm_mail_sender.engine.sending import Job, MailTransport, SendSettings, SendStage
 from kanidm_mail_sender.errors import MailSenderError, StateError
+from kanidm_mail_sender.logs import get_logger
 from kanidm_mail_sender.state.journal import Journal
 
 __all__ = ["CutOff", "Engine", "EngineSettings", "MailTransport", "MessageSource"]
 
-log = structlog.get_logger("kanidm_mail_sender.engine")
+log = get_logger(__name__)
 
 # After the grace period, cancelled tasks get this long to finish before they are abandoned.
 CANCEL_DEADLINE = 1.0

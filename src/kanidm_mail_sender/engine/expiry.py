@@ -6,15 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from uuid import UUID
 
-import structlog
-
 from kanidm_mail_sender.core.states import EXPIRED
 from kanidm_mail_sender.engine.metrics import Metrics
+from kanidm_mail_sender.logs import get_logger
 from kanidm_mail_sender.state.journal import Journal
 
 __all__ = ["EXPIRED_NOTE", "record_expired"]
 
-log = structlog.get_logger("kanidm_mail_sender.expiry")
+log = get_logger(__name__)
 
 EXPIRED_NOTE = "the reset link expired before it went out; not mailed, left in Kanidm's queue"
 

@@ -17,16 +17,15 @@ from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
-import structlog
-
 from kanidm_mail_sender.core.planning import backoff_delay
 from kanidm_mail_sender.engine.incident import Incident
 from kanidm_mail_sender.engine.inflight import Phase, StageContext
 from kanidm_mail_sender.errors import KanidmAuthError, KanidmError, KanidmNotFound
+from kanidm_mail_sender.logs import get_logger
 
 __all__ = ["MarkSettings", "MarkStage", "Marker", "RecentMarks"]
 
-log = structlog.get_logger("kanidm_mail_sender.marking")
+log = get_logger(__name__)
 
 
 class Marker(Protocol):

@@ -20,8 +20,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID
 
-import structlog
-
 from kanidm_mail_sender.core.addresses import check_address
 from kanidm_mail_sender.core.mail import Envelope, MailIdentity, build_message
 from kanidm_mail_sender.core.messages import QueuedMessage
@@ -46,11 +44,12 @@ from kanidm_mail_sender.engine.outcomes import (
     spent_after_all,
 )
 from kanidm_mail_sender.errors import RelayError, StateError, TemplateError
+from kanidm_mail_sender.logs import get_logger
 from kanidm_mail_sender.state.journal import Journal
 
 __all__ = ["Job", "MailTransport", "SendSettings", "SendStage"]
 
-log = structlog.get_logger("kanidm_mail_sender.sending")
+log = get_logger(__name__)
 
 # What an operator should look at first, by the cause of a relay-wide pause.
 LIKELY_CAUSES = {

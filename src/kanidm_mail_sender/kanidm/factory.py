@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import structlog
-
 from kanidm_mail_sender.config import Configs
 from kanidm_mail_sender.kanidm.client import KanidmClient, ListLimits, build_http_client
 from kanidm_mail_sender.kanidm.pipeline import build_mark_pipeline, proxied
+from kanidm_mail_sender.logs import get_logger
 
 __all__ = ["make_kanidm"]
 
-log = structlog.get_logger("kanidm_mail_sender")
+log = get_logger(__name__)
 
 
 def make_kanidm(configs: Configs) -> KanidmClient:

@@ -9,12 +9,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import structlog
-
 from kanidm_mail_sender import __version__
 from kanidm_mail_sender.core.schedule import Schedule
 from kanidm_mail_sender.engine.engine import CANCEL_DEADLINE, CutOff, Engine, HealthView
 from kanidm_mail_sender.errors import ScheduleError
+from kanidm_mail_sender.logs import get_logger
 from kanidm_mail_sender.runtime.sdnotify import Notifier
 from kanidm_mail_sender.runtime.signals import HardExit
 from kanidm_mail_sender.state.journal import Journal
@@ -23,7 +22,7 @@ from kanidm_mail_sender.state.status import publish
 
 __all__ = ["STOP_MARGIN", "run_daemon"]
 
-log = structlog.get_logger("kanidm_mail_sender.daemon")
+log = get_logger(__name__)
 
 PRUNE_INTERVAL = 3600.0
 # A stop takes at most the grace period plus this; past it, HardExit ends the process.

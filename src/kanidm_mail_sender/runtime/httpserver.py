@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import h11
-import structlog
+
+from kanidm_mail_sender.logs import get_logger
 
 __all__ = ["HttpServer", "Limits", "Request", "Response", "serve"]
 
-log = structlog.get_logger("kanidm_mail_sender.httpserver")
+log = get_logger(__name__)
 
 _READ_SIZE = 65536
 

@@ -15,14 +15,14 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
-import structlog
+from kanidm_mail_sender.logs import get_logger
 
 __all__ = ["STOP_SIGNALS", "HardExit", "handle_signals"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2)
 
-log = structlog.get_logger("kanidm_mail_sender.signals")
+log = get_logger(__name__)
 
 
 class HardExit:

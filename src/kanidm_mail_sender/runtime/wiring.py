@@ -7,8 +7,6 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
-import structlog
-
 from kanidm_mail_sender.config import (
     Configs,
     MailSenderConfig,
@@ -19,6 +17,7 @@ from kanidm_mail_sender.core.mail import MailIdentity
 from kanidm_mail_sender.core.render import Renderer
 from kanidm_mail_sender.engine import CANCEL_DEADLINE, Engine, EngineSettings, Metrics
 from kanidm_mail_sender.kanidm import KanidmClient, make_kanidm
+from kanidm_mail_sender.logs import get_logger
 from kanidm_mail_sender.runtime.daemon import run_daemon
 from kanidm_mail_sender.runtime.httpserver import HttpServer
 from kanidm_mail_sender.runtime.limits import raise_open_files_limit
@@ -30,7 +29,7 @@ from kanidm_mail_sender.state import Journal, settle_state_dir
 
 __all__ = ["build_engine", "engine_settings", "renderer_for", "run_main"]
 
-log = structlog.get_logger("kanidm_mail_sender")
+log = get_logger(__name__)
 
 
 def _identity(config: MailSenderConfig) -> MailIdentity:

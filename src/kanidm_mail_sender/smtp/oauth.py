@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import structlog
 
 with warnings.catch_warnings():
     # Authlib 1.9 prefers the httpx2 fork and warns when it falls back to httpx; httpx is the
@@ -35,10 +34,11 @@ from joserfc.jwk import RSAKey
 
 from kanidm_mail_sender.config.oauth import Grant, OAuth2Settings
 from kanidm_mail_sender.errors import RelayError, RelayMisconfigured, RelayUnavailable
+from kanidm_mail_sender.logs import get_logger
 
 __all__ = ["AccessToken", "TokenSource", "classify_token_error"]
 
-log = structlog.get_logger("kanidm_mail_sender.oauth")
+log = get_logger(__name__)
 
 _RENEW_AHEAD_MAX = 300.0  # renew at most this long before expiry...
 _RENEW_AHEAD_SHARE = 0.2  # ...and at most this share of the lifetime before it

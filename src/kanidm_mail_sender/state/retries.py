@@ -16,16 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID, uuid4
 
-import structlog
-
 from kanidm_mail_sender.core.planning import NO_DESTINATION
 from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, EXPIRED, DestinationState
 from kanidm_mail_sender.errors import RetryRefused
+from kanidm_mail_sender.logs import get_logger
 from kanidm_mail_sender.state.journal import Journal
 
 __all__ = ["RetryRequest", "apply_retries", "apply_retry", "plan_retry", "submit"]
 
-log = structlog.get_logger("kanidm_mail_sender.retries")
+log = get_logger(__name__)
 
 REQUESTS = "requests"
 
