@@ -47,7 +47,7 @@ from kanidm_mail_sender.errors import (
     StateError,
 )
 from kanidm_mail_sender.logs import configure_logging, get_logger
-from kanidm_mail_sender.ops import commands, parse_since, probe
+from kanidm_mail_sender.ops import parse_since, probe
 
 __all__ = ["EXIT_CONFIG", "EXIT_FATAL", "EXIT_OK", "main"]
 
@@ -157,6 +157,8 @@ def _subcommands(parser: argparse.ArgumentParser) -> None:
 
 def _operator(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """Run one operator command; the same exit codes as the daemon where they apply."""
+    from kanidm_mail_sender.ops import commands  # Kanidm's client: not for --probe
+
     ctx = commands.Context(
         client_config=args.client_config,
         mail_config=args.mail_sender_config,
@@ -166,7 +168,7 @@ def _operator(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         offline=getattr(args, "offline", False),
     )
     try:
-        return _run(commands.dispatch(args, ctx))
+        return _run(commands.run_command(args, ctx))
     except ConfigError as exc:
         print(f"configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -17,7 +17,8 @@ from kanidm_mail_sender.cli import _parser
 from kanidm_mail_sender.core.queueid import relay_queue_id
 from kanidm_mail_sender.core.states import DestinationState
 from kanidm_mail_sender.errors import RetryRefused
-from kanidm_mail_sender.ops.commands import Context, dispatch, parse_since
+from kanidm_mail_sender.ops.commands import Context, run_command
+from kanidm_mail_sender.ops.durations import parse_since
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 from kanidm_mail_sender.state.retries import plan_retry
@@ -130,7 +131,7 @@ class Scene:
             as_json=parsed.json,
             offline=getattr(parsed, "offline", False),
         )
-        code = await dispatch(parsed, context)
+        code = await run_command(parsed, context)
         return code, out.getvalue(), ""
 
     async def json(self, *args: str) -> Any:

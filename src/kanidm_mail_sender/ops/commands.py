@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -34,19 +33,7 @@ from kanidm_mail_sender.state.retries import RetryRequest, apply_retry, plan_ret
 from kanidm_mail_sender.state.status import read_status
 from kanidm_mail_sender.state.view import HistoryRow, JournalView
 
-__all__ = ["Context", "history", "parse_since", "queue", "retry", "show", "status"]
-
-_SINCE = re.compile(r"(\d+)\s*([smhd])")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_since(text: str) -> float:
-    """``90s``, ``30m``, ``2h``, ``7d`` (or a sum such as ``1h30m``) as seconds."""
-    cleaned = text.replace(" ", "").lower()
-    parts = _SINCE.findall(cleaned)
-    if not parts or "".join(n + u for n, u in parts) != cleaned:
-        raise ValueError(f"{text!r}: write a duration such as 90s, 30m, 2h or 7d")
-    return float(sum(int(n) * _UNIT[u] for n, u in parts))
+__all__ = ["Context", "history", "queue", "retry", "run_command", "show", "status"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +61,7 @@ class Context:
         print(text, file=self.out, flush=True)
 
 
-async def dispatch(args: argparse.Namespace, ctx: Context) -> int:
+async def run_command(args: argparse.Namespace, ctx: Context) -> int:
     """Run the command ``args`` names (as the CLI parsed them); returns the exit code."""
     if args.command == "status":
         return await status(ctx)
