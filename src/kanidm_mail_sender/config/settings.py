@@ -201,7 +201,7 @@ class MailSenderConfig(BaseModel):
     log_format: Literal["text", "json"] = "text"
     metrics_listen: Annotated[ListenAddress | None, BeforeValidator(_parse_listen)] = None
     mail_rate_limit: tuple[Rate, ...] = ()  # written as "14/second" or a list of such
-    # OAuth 2.0 (SASL XOAUTH2) instead of a password; see oauth_config.py for the grants.
+    # OAuth 2.0 (SASL XOAUTH2) instead of a password; see config/oauth.py for the grants.
     mail_oauth2_provider: str | None = None
     mail_oauth2_tenant: str | None = None
     mail_oauth2_token_url: str | None = None

@@ -6,7 +6,7 @@ or account, and a reply after DATA is about this mail unless its words say it is
 rate, our quota, our right to send as this From address). Where the words name the party
 (Postfix's "Sender address rejected", Microsoft 365's "SendAsDenied", SES's "Daily message
 quota exceeded"), they win over the stage. What one reply cannot tell, the evidence across
-destinations can (:mod:`kanidm_mail_sender.evidence`).
+destinations can (:mod:`kanidm_mail_sender.engine.evidence`).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class Cause(enum.Enum):
 
 
 # The words that name a cause, most specific first; each is matched case-insensitively
-# anywhere in the reply text. The sources of the wordings are in tests/test_replies.py.
+# anywhere in the reply text. The sources of the wordings are in tests/core/test_replies.py.
 _SENDER_WORDS = re.compile(
     r"send ?as ?denied|not (?:allowed|authori[sz]ed|permitted) to send"
     r"|permissions? to send|sender address rejected|client host rejected"

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import aiosmtplib
 
-if TYPE_CHECKING:  # only XOAUTH2 relays load Authlib (see app.make_auth)
+if TYPE_CHECKING:  # only XOAUTH2 relays load Authlib (see smtp.factory.make_auth)
     from kanidm_mail_sender.smtp.oauth import TokenSource
 
 __all__ = ["PASSWORD_HINT", "PasswordAuth", "SmtpAuth", "XOAuth2Auth"]
