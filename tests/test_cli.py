@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kanidm_mail_sender import __version__
+from kanidm_mail_sender.exitcodes import ExitCode
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 from tests.helpers import SMTP_AUTH, TOKEN, env, in_process, run, start, stop, wait_for
@@ -27,7 +28,7 @@ async def test_version_and_help() -> None:
     code, out, _ = await in_process([sys.executable, "-m", "kanidm_mail_sender", "--version"])
     assert (code, out.strip()) == (0, f"kanidm-mail-sender {__version__}")
     code, out, _ = await in_process([sys.executable, "-m", "kanidm_mail_sender", "--help"])
-    assert code == 0
+    assert code == ExitCode.OK
     for flag in (
         "--client-config",
         "--mail-sender-config",
@@ -46,13 +47,13 @@ async def test_bad_kanidm_debug_is_a_usage_error(value: str, tmp_path: Path) -> 
         [sys.executable, "-m", "kanidm_mail_sender", "-c", str(tmp_path)],
         environ=env(KANIDM_DEBUG=value),
     )
-    assert code == 2
+    assert code == ExitCode.USAGE
     assert "KANIDM_DEBUG" in err
 
 
 async def test_missing_config_exits_3(tmp_path: Path, daemon_command: Command) -> None:
     code, _, err = await in_process(daemon_command(tmp_path / "nope", tmp_path / "nope2"))
-    assert code == 3
+    assert code == ExitCode.CONFIG
     assert f"{tmp_path / 'nope'}: config file missing" in err
 
 
@@ -61,7 +62,7 @@ async def test_invalid_config_exits_3_without_leaking_secrets(
 ) -> None:
     client, mail = config_files(mail_relay="ftp://relay.example.com")
     code, _, err = await in_process(daemon_command(client, mail))
-    assert code == 3
+    assert code == ExitCode.CONFIG
     assert "key 'mail_relay'" in err
     assert str(mail) in err
     assert TOKEN not in err
@@ -74,7 +75,7 @@ async def test_refuses_root_without_skip(config_files: ConfigFiles) -> None:
     code, _, err = await in_process(
         [sys.executable, "-m", "kanidm_mail_sender", "-c", str(client), "-m", str(mail)]
     )
-    assert code == 4
+    assert code == ExitCode.ROOT
     assert "refusing to run as root" in err
 
 
@@ -88,7 +89,7 @@ async def test_test_mode_sends_one_mail_without_kanidm(
     code, out, err = await in_process(
         daemon_command(client, mail, "-t", "tester@example.com", "-d")
     )
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     assert "OK" in out
     (received,) = relay.mails
     msg = received.message
@@ -105,7 +106,7 @@ async def test_test_mode_failure_exits_nonzero(
 ) -> None:
     client, mail = config_files(mail_password="wrong-password")
     code, out, _ = await in_process(daemon_command(client, mail, "-t", "tester@example.com"))
-    assert code == 5
+    assert code == ExitCode.NOT_DONE
     assert "FAILED" in out
     assert relay.mails == []
 
@@ -126,7 +127,7 @@ async def test_daemon_delivers_ignores_hup_and_stops_cleanly_on_term(
     await asyncio.sleep(1.5)
     assert proc.returncode is None
     code, err = await stop(proc)
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     assert len(relay.mails) == 4
     assert all(kanidm.mark_calls[i] == 1 for i in ids)
     assert "mail.accepted" in err
@@ -142,7 +143,7 @@ async def test_mark_sent_401_stops_the_daemon_nonzero(
     kanidm.faults.mark_statuses = [401]
     client, mail = config_files()
     code, _, err = await run(daemon_command(client, mail))
-    assert code == 1
+    assert code == ExitCode.FATAL
     assert "token is not accepted" in err
     assert len(relay.mails) == 1
 
@@ -152,7 +153,7 @@ async def test_schedule_without_future_fire_time_exits(
 ) -> None:
     client, mail = config_files(schedule="0 0 0 1 1 ? 2020")
     code, _, err = await run(daemon_command(client, mail))
-    assert code == 3
+    assert code == ExitCode.CONFIG
     assert "no fire time in the future" in err
 
 
@@ -165,10 +166,10 @@ async def test_second_instance_on_one_state_dir_exits(
     first = await start(daemon_command(client, mail))
     await wait_for(lambda: kanidm.list_calls > 0)
     code, _, err = await run(daemon_command(client, mail))
-    assert code == 6
+    assert code == ExitCode.STATE
     assert "another kanidm-mail-sender already uses" in err
     code, _ = await stop(first)
-    assert code == 0
+    assert code == ExitCode.OK
 
 
 async def test_kill_9_between_acceptance_and_mark_does_not_resend(
@@ -194,7 +195,7 @@ async def test_kill_9_between_acceptance_and_mark_does_not_resend(
     proc = await start(daemon_command(client, mail))
     await wait_for(lambda: kanidm.sent() == [message])
     code, _ = await stop(proc)
-    assert code == 0
+    assert code == ExitCode.OK
     assert len(relay.mails) == 1
 
 
@@ -203,7 +204,7 @@ async def test_render_prints_the_whole_mail(
 ) -> None:
     client, mail = config_files()
     code, out, _ = await in_process(daemon_command(client, mail, "--render", "credential_reset_v1"))
-    assert code == 0
+    assert code == ExitCode.OK
     assert "Subject: Kanidm Sandbox: Credential Reset Link" in out
     assert "From: Kanidm Sandbox <idm@example.com>" in out
     assert "https://idm.example.com/ui/reset?token=k4p9x-2hzat-vqe7c-83wbj" in out
@@ -219,7 +220,7 @@ async def test_check_passes_on_a_good_setup(
     kanidm.queue_test_message("a@example.com")
     client, mail = config_files()
     code, out, _ = await in_process(daemon_command(client, mail, "--check"))
-    assert code == 0, out
+    assert code == ExitCode.OK, out
     assert "ok   kanidm: the token works; 1 message(s) ready" in out
     assert "ok   relay:" in out
     assert relay.mails == []
@@ -233,7 +234,7 @@ async def test_check_reports_bad_token_and_bad_relay_password(
 ) -> None:
     client, mail = config_files(token="wrong-token", mail_password="wrong")
     code, out, _ = await in_process(daemon_command(client, mail, "--check"))
-    assert code == 5
+    assert code == ExitCode.NOT_DONE
     assert "FAIL kanidm:" in out
     assert "401" in out
     assert "FAIL relay:" in out
@@ -249,6 +250,6 @@ async def test_a_metrics_port_that_cannot_be_bound_exits_3_in_one_line(
         port = taken.getsockname()[1]
         client, mail = config_files(metrics_listen=f"127.0.0.1:{port}")
         code, _, err = await run(daemon_command(client, mail))
-    assert code == 3
+    assert code == ExitCode.CONFIG
     assert f"metrics_listen 127.0.0.1:{port}: cannot listen there" in err
     assert "Traceback" not in err

@@ -46,18 +46,11 @@ from kanidm_mail_sender.errors import (
     RelayError,
     StateError,
 )
+from kanidm_mail_sender.exitcodes import ExitCode
 from kanidm_mail_sender.logs import configure_logging, get_logger
 from kanidm_mail_sender.ops import parse_since, probe
 
-__all__ = ["EXIT_CONFIG", "EXIT_FATAL", "EXIT_OK", "main"]
-
-EXIT_OK = 0
-EXIT_FATAL = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 3
-EXIT_ROOT = 4
-EXIT_SEND_FAILED = 5
-EXIT_STATE = 6
+__all__ = ["main"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -171,13 +164,13 @@ def _operator(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return _run(commands.run_command(args, ctx))
     except ConfigError as exc:
         print(f"configuration: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     except StateError as exc:
         print(f"state: {exc}", file=sys.stderr)
-        return EXIT_STATE
+        return ExitCode.STATE
     except MailSenderError as exc:
         print(f"kanidm: {exc}", file=sys.stderr)
-        return EXIT_FATAL
+        return ExitCode.FATAL
 
 
 def _debug(flag: bool | None, environ: Mapping[str, str], parser: argparse.ArgumentParser) -> bool:
@@ -250,7 +243,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.probe:
         healthy, why = probe(args.mail_sender_config, env)
         print(f"{'healthy' if healthy else 'unhealthy'}: {why}", flush=True)
-        return EXIT_OK if healthy else EXIT_FATAL
+        return ExitCode.OK if healthy else ExitCode.FATAL
     debug = _debug(args.debug, env, parser)
     configure_logging(debug=debug, json=_json_logs(env, None))
     log = get_logger(__name__)
@@ -268,7 +261,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                     out=sys.stdout,
                 )
             )
-            return EXIT_OK if ok else EXIT_SEND_FAILED
+            return ExitCode.OK if ok else ExitCode.NOT_DONE
         if args.render is None:
             for warning in check_not_root(ids, skip=args.skip_root_check):
                 log.warning("preflight.root", detail=warning)
@@ -284,7 +277,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
             sys.stdout.buffer.write(render_preview(configs.mail, args.render))
             sys.stdout.flush()
-            return EXIT_OK
+            return ExitCode.OK
         if args.test_email is not None:
             return _test_mode(configs, args.test_email)
         # The daemon's own code loads only here: the operator commands and the probe never
@@ -301,19 +294,19 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             hard_exit.disarm()
     except PreflightError as exc:
         log.error("preflight.refused", error=str(exc))
-        return EXIT_ROOT
+        return ExitCode.ROOT
     except ConfigError as exc:
         log.error("config.invalid", error=str(exc))
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     except StateError as exc:
         log.error("state.unusable", error=str(exc))
-        return EXIT_STATE
+        return ExitCode.STATE
     except MailSenderError as exc:
         log.error("daemon.failed", error=str(exc))
-        return EXIT_FATAL
+        return ExitCode.FATAL
     except KeyboardInterrupt:
-        return EXIT_OK
-    return EXIT_OK
+        return ExitCode.OK
+    return ExitCode.OK
 
 
 def _test_mode(configs: Configs, address: str) -> int:
@@ -325,7 +318,7 @@ def _test_mode(configs: Configs, address: str) -> int:
     except RelayError as exc:
         log.error("test.failed", destination=address, error=str(exc))
         print(f"FAILED: the test message to {address} was not sent: {exc}", flush=True)
-        return EXIT_SEND_FAILED
+        return ExitCode.NOT_DONE
     log.info("test.sent", destination=address, reply=reply)
     print(f"OK: the relay accepted the test message to {address} ({reply})", flush=True)
-    return EXIT_OK
+    return ExitCode.OK

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from kanidm_mail_sender.exitcodes import ExitCode
 from tests.helpers import run
 
 _PROBE = """
@@ -17,5 +18,5 @@ print(code, sorted(m for m in heavy if m in sys.modules))
 
 async def test_the_probe_loads_no_http_smtp_or_template_library() -> None:
     code, out, err = await run([sys.executable, "-c", _PROBE])
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     assert out.splitlines()[-1] == "1 []"  # unhealthy (no daemon here), and nothing loaded

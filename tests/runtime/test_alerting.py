@@ -18,6 +18,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from kanidm_mail_sender.exitcodes import ExitCode
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from tests.helpers import ROOT, start, stop, wait_for
 
@@ -142,7 +143,7 @@ async def test_every_metric_and_label_the_rules_and_dashboard_use_is_served(
             answer = await http.get(f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         code, err = await stop(proc)
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     served: dict[str, set[str]] = {"up": set()}  # up: Prometheus's own
     for family in text_string_to_metric_families(answer.text):
         for sample in family.samples:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from kanidm_mail_sender.exitcodes import ExitCode
 from kanidm_mail_sender.sandbox.certs import Certs
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
@@ -162,7 +163,7 @@ async def test_kaniop_pod_as_nobody_starts_and_delivers_in_both_relay_forms(
     texts = [err.decode() for _, err in outputs]
     assert delivered, "not delivered within a minute:\n" + "\n".join(texts)
     for proc, text in zip(procs, texts, strict=True):
-        assert proc.returncode == 0, text
+        assert proc.returncode == ExitCode.OK, text
         assert text.count("state.ephemeral") == 1, text
         assert "is not writable by uid 65534" in text
 

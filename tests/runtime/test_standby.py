@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from kanidm_mail_sender.exitcodes import ExitCode
 from kanidm_mail_sender.sandbox.certs import Certs
 from kanidm_mail_sender.sandbox.configs import write_configs
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
@@ -59,7 +60,7 @@ async def test_standby_sends_nothing_while_the_primary_runs_then_takes_over(
         first_taken = min(m.received_at for m in relay.mails if "second" in str(m.rcpt_tos))
         assert first_taken >= queued_at - 1 + DELAY - 0.5
         code, err = await stop(standby)
-        assert code == 0, err
+        assert code == ExitCode.OK, err
         assert err.count("mail.accepted") == 20  # the second batch only: none of the first
     finally:
         for proc in (primary, standby):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from kanidm_mail_sender.exitcodes import ExitCode
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 from tests.helpers import start, wait_for
@@ -55,7 +56,7 @@ async def test_sigterm_idle_exits_at_once(
     await wait_for(lambda: kanidm.list_calls > 0)
     proc.send_signal(signal.SIGTERM)
     code, err, _ = await exit_within(proc, SLACK)  # nothing in flight: no grace is waited
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     assert "shutdown.cut_off" not in err
 
 
@@ -75,7 +76,7 @@ async def test_sigterm_busy_waits_only_for_the_sends_in_flight(
     await wait_for(lambda: len(relay.mails) >= 2)
     proc.send_signal(signal.SIGTERM)
     code, err, _ = await exit_within(proc, 1.0 + MARGIN + SLACK)
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     cut = next(line for line in err.splitlines() if "shutdown.cut_off" in line)
     assert "not_sent=" in cut
     assert "not_sent=0" not in cut
@@ -100,7 +101,7 @@ async def test_sigterm_with_grace_zero_and_sends_in_flight(
     await asyncio.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
     code, err, _ = await exit_within(proc, MARGIN + SLACK)
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     assert "interrupted=" in err
     assert relay.mails == []
 
@@ -128,7 +129,7 @@ async def test_second_sigterm_exits_at_once_and_probes_say_stopping(
         assert (await http.get("/readyz")).status_code == 503
     proc.send_signal(signal.SIGTERM)
     code, err, _ = await exit_within(proc, SLACK)
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     assert "daemon.forced_exit" in err
     assert "a second SIGTERM" in err
 
@@ -149,6 +150,6 @@ async def test_mark_401_with_sends_in_flight_exits_1_within_the_bound(
     proc = await start(daemon_command(client, mail))
     await wait_for(lambda: sum(kanidm.mark_calls.values()) >= 1)
     code, err, _ = await exit_within(proc, 3 + MARGIN + SLACK)
-    assert code == 1, err
+    assert code == ExitCode.FATAL, err
     assert "token is not accepted" in err
     assert kanidm.sent() == []

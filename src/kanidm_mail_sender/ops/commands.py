@@ -25,6 +25,7 @@ from kanidm_mail_sender.core.messages import CredentialResetV1, MalformedMessage
 from kanidm_mail_sender.core.queueid import relay_queue_id
 from kanidm_mail_sender.core.states import ACCEPTED, DestinationState
 from kanidm_mail_sender.errors import AlreadyRunning, KanidmNotFound, RetryRefused, StateError
+from kanidm_mail_sender.exitcodes import ExitCode
 from kanidm_mail_sender.kanidm.factory import make_kanidm
 from kanidm_mail_sender.state.journal import RETENTION_SECONDS, Journal
 from kanidm_mail_sender.state.lock import lock_holder
@@ -252,7 +253,7 @@ async def status(ctx: Context) -> int:
     )
     ctx.print(data, table)
     healthy = pid is not None and bool(last_poll) and not (last_poll or {}).get("error")
-    return 0 if healthy else 1
+    return ExitCode.OK if healthy else ExitCode.FATAL
 
 
 async def queue(ctx: Context) -> int:
@@ -292,7 +293,7 @@ async def queue(ctx: Context) -> int:
         entries,
         _table(["id", "template", "destinations", "send_after", "sent_at", "age"], rows),
     )
-    return 0
+    return ExitCode.OK
 
 
 def _row_json(row: HistoryRow) -> dict[str, Any]:
@@ -331,7 +332,7 @@ def history(ctx: Context, *, state: str | None, since: float | None, to: str | N
         ],
     )
     ctx.print([_row_json(r) for r in rows], table)
-    return 0
+    return ExitCode.OK
 
 
 async def show(ctx: Context, message_id: UUID) -> int:
@@ -355,7 +356,7 @@ async def show(ctx: Context, message_id: UUID) -> int:
             await kanidm.aclose()
     if entry is None and not rows:
         print(f"{message_id}: neither Kanidm nor the journal knows this message", file=ctx.out)
-        return 5
+        return ExitCode.NOT_DONE
     lines = [f"message   {message_id}", f"kanidm    {kanidm_note}"]
     if entry is not None:
         lines += [
@@ -393,7 +394,7 @@ async def show(ctx: Context, message_id: UUID) -> int:
         )
     )
     ctx.print({"kanidm": entry, "destinations": [_row_json(r) for r in rows]}, "\n".join(lines))
-    return 0
+    return ExitCode.OK
 
 
 async def retry(ctx: Context, request: RetryRequest) -> int:
@@ -411,7 +412,7 @@ async def retry(ctx: Context, request: RetryRequest) -> int:
             await _still_queued(configs, request.message_id)
     except RetryRefused as exc:
         print(f"refused: {request.message_id}: {exc}", file=ctx.out, flush=True)
-        return 5
+        return ExitCode.NOT_DONE
     holder = lock_holder(state_dir)
     if holder is None:
         try:
@@ -427,14 +428,14 @@ async def retry(ctx: Context, request: RetryRequest) -> int:
                 {"applied": True, "destinations": due},
                 f"{', '.join(due)}: due now; sent at the first poll once the daemon runs",
             )
-            return 0
+            return ExitCode.OK
     submit(state_dir, request)
     who = f"pid {holder}" if holder > 0 else "just started"
     ctx.print(
         {"applied": False, "queued_for_daemon": holder, "destinations": due},
         f"{', '.join(due)}: handed to the running daemon ({who}); sent at its next poll",
     )
-    return 0
+    return ExitCode.OK
 
 
 async def _still_queued(configs: Configs, message_id: UUID) -> None:
