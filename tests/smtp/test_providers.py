@@ -1,11 +1,12 @@
 """Relays as operators have them: Kanidm 1.10 bare hosts, OAuth 2.0 (XOAUTH2) with each grant
-against a real token endpoint and an XOAUTH2-only relay, and sending limits."""
+against a real token endpoint and an XOAUTH2-only relay, and sending limits at a real relay.
+The limits' parsing and counting are in tests/core/test_ratelimit.py, the OAuth keys in
+tests/config/test_oauth.py."""
 
 from __future__ import annotations
 
 import asyncio
 import io
-import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,10 +18,8 @@ import pytest
 from authlib.integrations.base_client import OAuthError
 from structlog.testing import capture_logs
 
-from kanidm_mail_sender.config.oauth import Grant, oauth2_settings
 from kanidm_mail_sender.config.preflight import Identity
 from kanidm_mail_sender.config.settings import load_mail_config
-from kanidm_mail_sender.core.ratelimit import Rate, SendLimiter, parse_rates
 from kanidm_mail_sender.errors import RelayMisconfigured, RelayUnavailable
 from kanidm_mail_sender.ops.oneshot import run_check
 from kanidm_mail_sender.sandbox.certs import Certs
@@ -40,193 +39,6 @@ REFRESH = "refresh-token-of-idm"
 
 
 # --- pure decisions -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("14/second", (Rate(14, 1.0),)),
-        (["50000/day", "14/second"], (Rate(14, 1.0), Rate(50000, 86400.0))),
-        (["30/Minutes", "1000/hour"], (Rate(30, 60.0), Rate(1000, 3600.0))),
-    ],
-)
-def test_rates_parse(value: Any, expected: tuple[Rate, ...]) -> None:
-    assert parse_rates(value) == expected
-
-
-@pytest.mark.parametrize(
-    ("value", "fragment"),
-    [
-        ("14 per second", "not a limit"),
-        ("0/second", "not a limit"),
-        ("5/week", "not a limit"),
-        (["1/second", "2/seconds"], "same unit"),
-        ([3], "not a limit"),
-    ],
-)
-def test_bad_rates(value: Any, fragment: str) -> None:
-    with pytest.raises(ValueError, match=fragment):
-        parse_rates(value)
-
-
-def test_limiter_counts_in_flight_sends_and_their_ends() -> None:
-    two = Rate(2, 1.0)
-    limiter = SendLimiter([two])
-    assert limiter.wait_time(100.0) == (0.0, None)
-    limiter.begin()
-    limiter.begin()
-    assert limiter.wait_time(100.0) == (math.inf, two)  # only an end can make room
-    limiter.end(100.2)
-    # One in flight and one ended within the second: room when the ended one leaves it.
-    wait, rate = limiter.wait_time(100.3)
-    assert rate == two
-    assert wait == pytest.approx(0.9, abs=0.002)
-    limiter.end(100.4, counted=False)  # no mail can have gone out: not counted
-    assert limiter.wait_time(100.4) == (0.0, None)
-    assert limiter.wait_time(101.2)[0] == 0.0
-
-
-def test_limiter_starts_from_history_and_stays_small() -> None:
-    day = Rate(3, 86400.0)
-    limiter = SendLimiter([day], history=[1000.0, 2000.0, 3000.0])
-    wait, rate = limiter.wait_time(4000.0)
-    assert rate == day
-    assert wait == pytest.approx(1000.0 + 86400.0 - 4000.0, abs=100)
-    big = SendLimiter([Rate(1_000_000, 86400.0)])
-    for i in range(20_000):
-        big.begin()
-        big.end(i * 0.5)
-    assert len(big._windows[0]._buckets) <= 1001
-
-
-_OAUTH_BASE = {"mail_username": MAILBOX}
-
-
-@pytest.mark.parametrize(
-    ("keys", "grant", "url", "scope"),
-    [
-        (
-            {
-                "mail_oauth2_provider": "microsoft",
-                "mail_oauth2_tenant": "contoso.onmicrosoft.com",
-                "mail_oauth2_client_id": "app",
-                "mail_oauth2_client_secret": "s",
-            },
-            Grant.CLIENT_CREDENTIALS,
-            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token",
-            "https://outlook.office365.com/.default",
-        ),
-        (
-            {
-                "mail_oauth2_provider": "microsoft",
-                "mail_oauth2_tenant": "1f2e",
-                "mail_oauth2_client_id": "app",
-                "mail_oauth2_refresh_token": "r",
-            },
-            Grant.REFRESH_TOKEN,
-            "https://login.microsoftonline.com/1f2e/oauth2/v2.0/token",
-            "https://outlook.office.com/SMTP.Send offline_access",
-        ),
-        (
-            {
-                "mail_oauth2_provider": "google",
-                "mail_oauth2_client_id": "app",
-                "mail_oauth2_client_secret": "s",
-                "mail_oauth2_refresh_token": "r",
-            },
-            Grant.REFRESH_TOKEN,
-            "https://oauth2.googleapis.com/token",
-            "https://mail.google.com/",
-        ),
-        (
-            {
-                "mail_oauth2_token_url": "https://auth.example.net/token",
-                "mail_oauth2_scope": "smtp",
-                "mail_oauth2_client_id": "app",
-                "mail_oauth2_client_secret": "s",
-            },
-            Grant.CLIENT_CREDENTIALS,
-            "https://auth.example.net/token",
-            "smtp",
-        ),
-    ],
-)
-def test_grants_and_presets(
-    keys: dict[str, str], grant: Grant, url: str, scope: str | None
-) -> None:
-    secrets = {
-        key: f"{value}-very-secret" if "secret" in key or "refresh" in key else value
-        for key, value in keys.items()
-    }
-    settings = oauth2_settings({**_OAUTH_BASE, **secrets})
-    assert settings is not None
-    assert (settings.grant, settings.token_url, settings.scope) == (grant, url, scope)
-    assert "very-secret" not in repr(settings)
-    assert all(secret.endswith("-very-secret") for secret in settings.secrets())
-
-
-@pytest.mark.parametrize(
-    ("keys", "fragment"),
-    [
-        ({"mail_oauth2_provider": "google"}, "mail_oauth2_client_id' is missing"),
-        (
-            {"mail_oauth2_provider": "google", "mail_oauth2_client_id": "a"},
-            "no grant is configured",
-        ),
-        (
-            {
-                "mail_oauth2_provider": "microsoft",
-                "mail_oauth2_client_id": "a",
-                "mail_oauth2_client_secret": "s",
-            },
-            "mail_oauth2_tenant",
-        ),
-        ({"mail_oauth2_client_id": "a", "mail_oauth2_client_secret": "s"}, "token_url"),
-        (
-            {
-                "mail_oauth2_token_url": "http://plain.example/token",
-                "mail_oauth2_client_id": "a",
-                "mail_oauth2_client_secret": "s",
-            },
-            "https URL",
-        ),
-        (
-            {
-                "mail_oauth2_provider": "google",
-                "mail_oauth2_client_id": "a",
-                "mail_oauth2_refresh_token": "r",
-                "mail_oauth2_service_account": "{}",
-            },
-            "exactly one grant",
-        ),
-        (
-            {"mail_oauth2_provider": "google", "mail_oauth2_service_account": '{"type": "x"}'},
-            "service_account",
-        ),
-        (
-            {
-                "mail_oauth2_provider": "google",
-                "mail_oauth2_client_id": "a",
-                "mail_oauth2_client_secret": "s",
-                "mail_password": "pw",
-            },
-            "mail_password",
-        ),
-        (
-            {
-                "mail_username": None,
-                "mail_oauth2_provider": "google",
-                "mail_oauth2_client_id": "a",
-                "mail_oauth2_client_secret": "s",
-            },
-            "mailbox",
-        ),
-        ({"mail_oauth2_provider": "yahoo"}, "'microsoft' or 'google'"),
-    ],
-)
-def test_bad_oauth_keys_are_named(keys: dict[str, Any], fragment: str) -> None:
-    with pytest.raises(ValueError, match=fragment):
-        oauth2_settings({**_OAUTH_BASE, **keys})
 
 
 def _status_error(status: int) -> httpx.HTTPStatusError:
