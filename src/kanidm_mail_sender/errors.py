@@ -2,8 +2,9 @@
 
 MailSenderError
 ├── ConfigError(ValueError)            a config file is missing, unreadable or invalid
-│   ├── TemplateError                  a message template is missing or fails to render
+│   ├── TemplateError                  a template is missing, broken, or fails on sample data
 │   └── ScheduleError                  the cron expression is invalid or has no future fire time
+├── RenderError                        one mail's template failed on that message's data
 ├── PreflightError                     refusing to start (running as root)
 ├── PlatformUnsupported                this Python cannot run the daemon correctly
 ├── RetryRefused                       an operator's retry does not apply (accepted, expired)
@@ -49,6 +50,7 @@ __all__ = [
     "RelayMisconfigured",
     "RelayThrottled",
     "RelayUnavailable",
+    "RenderError",
     "RetryRefused",
     "ScheduleError",
     "StateError",
@@ -65,7 +67,13 @@ class ConfigError(MailSenderError, ValueError):
 
 
 class TemplateError(ConfigError):
-    """A message template is missing, broken, or fails to render."""
+    """A message template is missing, broken, or fails to render with sample data: found at
+    start, and the operator's to fix."""
+
+
+class RenderError(MailSenderError):
+    """One mail's template failed to render with that message's data (a template that works
+    on the samples but not on, say, an odd display name): that mail fails, the rest go on."""
 
 
 class ScheduleError(ConfigError):

@@ -17,7 +17,7 @@ from kanidm_mail_sender.core.links import InstanceUrl, action_url
 from kanidm_mail_sender.core.mail import MailIdentity, build_message, stable_message_id
 from kanidm_mail_sender.core.messages import CredentialResetV1, TestMessageV1
 from kanidm_mail_sender.core.render import Renderer, rfc5322_utc
-from kanidm_mail_sender.errors import TemplateError
+from kanidm_mail_sender.errors import ConfigError, RenderError, TemplateError
 
 MID = UUID("6f1c2d4e-8a3b-4c5d-9e7f-0123456789ab")
 RESET = CredentialResetV1(
@@ -121,6 +121,21 @@ def test_undefined_variable_is_an_error_with_line(tmp_path: Path) -> None:
     r = renderer(tmp_path)
     with pytest.raises(TemplateError, match=r"test_message_v1.txt.j2, line 3: 'no_such_thing'"):
         r.check_all(datetime.now(UTC))
+
+
+def test_a_failure_on_one_message_s_data_is_a_render_error_not_a_config_error(
+    tmp_path: Path,
+) -> None:
+    """Works on the samples (so the daemon starts), fails for one person's data: that mail
+    fails alone, which the engine tells from a configuration error by its type."""
+    (tmp_path / "test_message_v1.txt.j2").write_text(
+        '{% if display_name == "Eve" %}{{ no_such_thing }}{% endif %}hello\n'
+    )
+    r = renderer(tmp_path)
+    r.check_all(datetime.now(UTC))
+    with pytest.raises(RenderError, match="line 1: 'no_such_thing'") as caught:
+        r.render(TestMessageV1(display_name="Eve"), message_id=uuid.uuid4(), destination="e@x.y")
+    assert not isinstance(caught.value, ConfigError)
 
 
 @pytest.mark.parametrize(

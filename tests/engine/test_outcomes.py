@@ -23,7 +23,7 @@ from kanidm_mail_sender.errors import (
     LinkExpired,
     RelayThrottled,
     RelayUnavailable,
-    TemplateError,
+    RenderError,
 )
 
 DEFER, REJECT, DOWN, SLOW = Verdict.DEFER, Verdict.REJECT, Verdict.RELAY_DOWN, Verdict.THROTTLE
@@ -157,7 +157,7 @@ def test_an_open_burst_takes_the_same_refusal_until_an_acceptance() -> None:
         (RelayUnavailable("down"), None, False, HealthEvent.RELAY_DOWN, Next.RETRY),
         (LinkExpired("late"), EXPIRED, False, HealthEvent.CANCELLED, Next.STOP),
         (DeliveryRejected("550"), REJECTED, True, HealthEvent.SUCCEEDED, Next.FAILED),
-        (TemplateError("bad"), DEFERRED, True, HealthEvent.CANCELLED, Next.FAILED),
+        (RenderError("bad"), DEFERRED, True, HealthEvent.CANCELLED, Next.FAILED),
         (ValueError("bad address"), REJECTED, True, HealthEvent.CANCELLED, Next.FAILED),
         (DeliveryDeferred("451"), DEFERRED, True, HealthEvent.SUCCEEDED, Next.FAILED),
         (
@@ -183,7 +183,7 @@ def test_outcome_table(
 
 
 def test_render_failures_are_deferrals_not_rejections() -> None:
-    result = outcome(TemplateError("'dict object' has no attribute 'x'"))
+    result = outcome(RenderError("'dict object' has no attribute 'x'"))
     assert result is not None
     assert result.event == "message.render_failed"
     assert result.state == DEFERRED

@@ -25,7 +25,7 @@ from kanidm_mail_sender.core.messages import (
     Template,
     TestMessageV1,
 )
-from kanidm_mail_sender.errors import TemplateError
+from kanidm_mail_sender.errors import RenderError, TemplateError
 
 __all__ = ["RenderedMail", "Renderer", "rfc5322_utc", "sample_template"]
 
@@ -168,7 +168,7 @@ class Renderer:
         return context
 
     def render(self, template: Template, *, message_id: UUID, destination: str) -> RenderedMail:
-        """Render all parts of one mail; raises TemplateError naming the file and line."""
+        """Render all parts of one mail; raises RenderError naming the file and line."""
         subject_t, text_t, html_t = self._templates[template.kind]
         context = self.context(template, message_id=message_id, destination=destination)
         subject = " ".join(self._run(subject_t, context).split())
@@ -193,7 +193,7 @@ class Renderer:
         except jinja2.TemplateError as exc:
             line = _template_line(template.filename)
             where = f", line {line}" if line else ""
-            raise TemplateError(
+            raise RenderError(
                 f"template {template.filename or template.name}{where}: {exc}"
             ) from None
 
@@ -217,11 +217,14 @@ class Renderer:
     def check_all(self, now: datetime) -> None:
         """Render every kind with sample data; raises TemplateError on the first broken one."""
         for kind in TEMPLATE_KINDS:
-            self.render(
-                sample_template(kind, now),
-                message_id=SAMPLE_MESSAGE_ID,
-                destination="alice@example.com",
-            )
+            try:
+                self.render(
+                    sample_template(kind, now),
+                    message_id=SAMPLE_MESSAGE_ID,
+                    destination="alice@example.com",
+                )
+            except RenderError as exc:
+                raise TemplateError(str(exc)) from None
 
 
 def _template_line(filename: str | None) -> int | None:

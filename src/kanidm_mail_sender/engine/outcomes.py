@@ -17,7 +17,7 @@ from kanidm_mail_sender.errors import (
     LinkExpired,
     RelayThrottled,
     RelayUnavailable,
-    TemplateError,
+    RenderError,
 )
 
 __all__ = [
@@ -86,7 +86,7 @@ _DEFERRED = Outcome(
 def outcome(exc: BaseException) -> Outcome | None:
     """The consequences of ``exc`` ending a send; None: not a delivery outcome (a bug, or a
     cancellation), which the caller re-raises."""
-    # Order matters: TemplateError is a ValueError, and RelayThrottled a RelayError.
+    # Order matters: RelayThrottled is a RelayError, and an address error a ValueError.
     if isinstance(exc, RelayThrottled):
         return _THROTTLED
     if isinstance(exc, RelayUnavailable):
@@ -95,7 +95,7 @@ def outcome(exc: BaseException) -> Outcome | None:
         return _EXPIRED
     if isinstance(exc, DeliveryRejected):
         return _REJECTED
-    if isinstance(exc, TemplateError):
+    if isinstance(exc, RenderError):
         return _RENDER_FAILED
     if isinstance(exc, DeliveryDeferred):
         return _LOST if exc.transport else _DEFERRED

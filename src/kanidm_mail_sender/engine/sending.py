@@ -43,7 +43,7 @@ from kanidm_mail_sender.engine.outcomes import (
     outcome,
     spent_after_all,
 )
-from kanidm_mail_sender.errors import RelayError, StateError, TemplateError
+from kanidm_mail_sender.errors import RelayError, RenderError, StateError
 from kanidm_mail_sender.logs import get_logger
 from kanidm_mail_sender.state.journal import Journal
 
@@ -306,7 +306,7 @@ class SendStage:
         if result is None:
             self._report(self._health.cancelled(), counted=True)  # cut off: it may have gone
             raise exc
-        ours = isinstance(exc, RelayError | TemplateError)
+        ours = isinstance(exc, RelayError | RenderError)
         error = str(exc) if ours else f"invalid address: {exc}"
         refusal = exc.refusal if isinstance(exc, RelayError) else None
         named = refusal is not None and refusal.cause.value in ("sender", "quota")
