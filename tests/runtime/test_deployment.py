@@ -123,6 +123,7 @@ def test_kubernetes_manifests_validate_against_current_schemas() -> None:
         "ConfigMap",
         "ConfigMap",
         "Deployment",
+        "NetworkPolicy",
         "PersistentVolumeClaim",
         "PodMonitor",
         "PrometheusRule",
@@ -292,3 +293,16 @@ def test_probe_without_a_config_finds_the_daemon_in_the_fallback(
     healthy, why = probe(missing, {})
     assert healthy, why
     assert str(fallback) in why
+
+
+def test_the_network_policy_opens_only_the_metrics_port_of_this_pod() -> None:
+    docs = _documents()
+    policy = next(doc for doc in docs if doc["kind"] == "NetworkPolicy")
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    ports = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": ports[0]["name"]}]
+    assert rule["from"]  # never open to every pod

@@ -5,6 +5,11 @@ h11 does the framing (request line, headers, Content-Length vs chunked, keep-ali
 module adds what a listener reachable by anyone needs: a cap on connections, a deadline for
 each request and for idle keep-alive, a bound on the request head and body, a deadline on
 writes to a client that does not read, 400 for malformed requests, and never a traceback.
+
+A full listener sheds the connection that has waited longest without a complete request
+head (idle, or sending one slowly) to take the newcomer: whoever holds every slot open
+without asking anything cannot starve a health probe, which asks at once. Only when every
+slot is serving a request is the newcomer refused.
 """
 
 from __future__ import annotations
@@ -172,8 +177,11 @@ class HttpServer:
         self.limits = limits or Limits()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # The connections waiting for a request head, oldest first (dicts keep order).
+        self._waiting: dict[asyncio.Task[None], None] = {}
         self.connections_accepted = 0
         self.connections_refused = 0
+        self.connections_shed = 0
 
     @property
     def open_connections(self) -> int:
@@ -192,9 +200,9 @@ class HttpServer:
         )
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._tasks) >= self.limits.max_connections:
+        if len(self._tasks) >= self.limits.max_connections and not self._shed_one():
             self.connections_refused += 1
-            writer.transport.abort()  # over budget: the descriptor goes back at once
+            writer.transport.abort()  # every slot is serving: the descriptor goes back at once
             return
         task = asyncio.current_task()
         assert task is not None
@@ -209,10 +217,22 @@ class HttpServer:
             pass
         finally:
             self._tasks.discard(task)
+            self._waiting.pop(task, None)
             if clean:
                 await self._close(writer)
             else:  # a peer that stalls or breaks gets no graceful close to stall again
                 writer.transport.abort()
+
+    def _shed_one(self) -> bool:
+        """Cut the connection that has waited longest for a request head; False if none
+        waits. It leaves the budget at once; its task ends on the next turn of the loop."""
+        for task in self._waiting:
+            del self._waiting[task]
+            self._tasks.discard(task)
+            task.cancel()
+            self.connections_shed += 1
+            return True
+        return False
 
     @staticmethod
     async def _close(writer: asyncio.StreamWriter) -> None:
@@ -225,7 +245,10 @@ class HttpServer:
 
     async def _serve(self, conn: _Connection) -> None:
         timeout = self.limits.header_timeout
+        task = asyncio.current_task()
+        assert task is not None
         while True:
+            self._waiting[task] = None
             try:
                 request = await conn.request(timeout)
             except h11.RemoteProtocolError as exc:
@@ -237,6 +260,8 @@ class HttpServer:
             except ValueError:  # a Content-Length h11 accepted but int() did not
                 await conn.refuse(400)
                 return
+            finally:
+                self._waiting.pop(task, None)
             if request is None:
                 return
             try:
