@@ -69,6 +69,20 @@ def test_token_errors_are_relay_wide(exc: BaseException, kind: type, fragment: s
     assert fragment in str(error)
 
 
+def test_an_oauth_endpoint_s_words_are_kept_short_and_without_our_secrets() -> None:
+    """They reach the log, status.json and ``status``: an endpoint echoing the request
+    (client secret, refresh token) must not carry them there."""
+    said = f"bad request client_secret={SECRET} refresh={REFRESH} trace " + "x" * 5000
+    error = classify_token_error(
+        OAuthError("invalid_client", said), "https://auth.test/token", (SECRET, REFRESH)
+    )
+    text = str(error)
+    assert SECRET not in text
+    assert REFRESH not in text
+    assert "client_secret=[redacted]" in text
+    assert len(text) < 600
+
+
 # --- Kanidm 1.10 relays ---------------------------------------------------------------------
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote_plus, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
-__all__ = ["InstanceUrl", "action_url"]
+__all__ = ["InstanceUrl", "action_url", "link_secrets"]
 
 
 class InstanceUrl(str):
@@ -33,3 +33,10 @@ def action_url(instance_url: InstanceUrl, path: str, intent_id: str) -> str:
     fragment = f"#{instance_url.fragment}" if instance_url.fragment else ""
     # What urlencode({"token": ...}) and urlunsplit give, without their generality.
     return f"{before}?{query}token={quote_plus(intent_id)}{fragment}"
+
+
+def link_secrets(intent_id: str) -> tuple[str, ...]:
+    """Every form in which a reset link's secret can come back in a relay's reply: plain,
+    and URL-quoted as the link carries it (a content filter quotes the URL it refused)."""
+    forms = {intent_id, quote_plus(intent_id), quote(intent_id, safe="")}
+    return tuple(sorted(form for form in forms if form))

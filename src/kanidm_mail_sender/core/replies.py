@@ -203,15 +203,16 @@ def reply_shape(code: int, text: str) -> str:
 _LONG_BASE64 = re.compile(r"(?=[A-Za-z]*[0-9+/]|[A-Za-z0-9+/]{16,}=)[A-Za-z0-9+/]{16,}={0,2}")
 
 
-def redact_reply(text: str, secrets: Iterable[str] = ()) -> str:
+def redact_reply(text: str, secrets: Iterable[str] = (), *, base64_runs: bool = True) -> str:
     """``text`` without anything that looks like an echo of our AUTH exchange.
 
     Some relays quote the client's AUTH line in their error; that line is the base64 of the
-    password. Long base64 runs and every given secret (plain and base64) are replaced.
+    password. Every given secret (plain and base64) is replaced, and with ``base64_runs``
+    every long base64 run (not for an acceptance, whose queue ids look like them).
     """
     for secret in secrets:
         if not secret:
             continue
         encoded = base64.b64encode(secret.encode()).decode()
         text = text.replace(secret, "[redacted]").replace(encoded, "[redacted]")
-    return _LONG_BASE64.sub("[redacted]", text)
+    return _LONG_BASE64.sub("[redacted]", text) if base64_runs else text

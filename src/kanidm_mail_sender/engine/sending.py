@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -21,12 +22,13 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from kanidm_mail_sender.core.addresses import check_address
+from kanidm_mail_sender.core.links import link_secrets
 from kanidm_mail_sender.core.mail import Envelope, MailIdentity, build_message
-from kanidm_mail_sender.core.messages import QueuedMessage
+from kanidm_mail_sender.core.messages import CredentialResetV1, QueuedMessage
 from kanidm_mail_sender.core.planning import Plan, backoff_delay, expires_at, is_expired
 from kanidm_mail_sender.core.ratelimit import Rate, SendLimiter
 from kanidm_mail_sender.core.render import Renderer
-from kanidm_mail_sender.core.replies import Receipt, Verdict
+from kanidm_mail_sender.core.replies import Receipt, Verdict, redact_reply
 from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, EXPIRED, REJECTED
 from kanidm_mail_sender.engine.evidence import Evidence, EvidenceRules, Judgement
 from kanidm_mail_sender.engine.expiry import record_expired
@@ -243,6 +245,7 @@ class SendStage:
                     ids,
                     started,
                     (free, self._accepted - accepted_before),
+                    _secrets_of(message),
                 )
                 if then is Next.RETRY:
                     free += 1
@@ -260,7 +263,7 @@ class SendStage:
                     ACCEPTED,
                     now=self._clock(),
                     attempts=attempts,
-                    reply=receipt.reply[:500],
+                    reply=_without(receipt.reply, _secrets_of(message))[:500],
                 )
             )
             self._metrics.delivered.inc()
@@ -295,6 +298,7 @@ class SendStage:
         ids: dict[str, str],
         started: float,
         free: tuple[int, int],
+        secrets: tuple[str, ...] = (),
     ) -> Next:
         """Journal and report one failed attempt; returns what the worker does next.
 
@@ -307,8 +311,14 @@ class SendStage:
             self._report(self._health.cancelled(), counted=True)  # cut off: it may have gone
             raise exc
         ours = isinstance(exc, RelayError | RenderError)
-        error = str(exc) if ours else f"invalid address: {exc}"
+        # A reset link the relay quotes (a content filter naming the URL it refused) is
+        # never journalled, logged, published or shown: the mail was refused, so the link
+        # is still valid.
+        # (The relay's own words were cleared of AUTH echoes where the reply was read.)
+        error = _without(str(exc) if ours else f"invalid address: {exc}", secrets)
         refusal = exc.refusal if isinstance(exc, RelayError) else None
+        if refusal is not None and secrets:
+            refusal = dataclasses.replace(refusal, text=_without(refusal.text, secrets))
         named = refusal is not None and refusal.cause.value in ("sender", "quota")
         cause = refusal.cause.value if refusal is not None and named else "relay"
         judgement = None
@@ -525,3 +535,13 @@ async def _committed(commits: list[asyncio.Future[None]]) -> None:
     let go once the journal holds what was accepted of it."""
     if commits:
         await asyncio.shield(asyncio.gather(*commits))
+
+
+def _secrets_of(message: QueuedMessage) -> tuple[str, ...]:
+    """What must not be kept of this message's relay replies: its reset link's secret."""
+    template = message.template
+    return link_secrets(template.intent_id) if isinstance(template, CredentialResetV1) else ()
+
+
+def _without(text: str, secrets: tuple[str, ...]) -> str:
+    return redact_reply(text, secrets, base64_runs=False) if secrets else text

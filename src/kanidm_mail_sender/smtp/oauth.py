@@ -33,6 +33,7 @@ with warnings.catch_warnings():
 from joserfc.jwk import RSAKey
 
 from kanidm_mail_sender.config.oauth import Grant, OAuth2Settings
+from kanidm_mail_sender.core.replies import redact_reply
 from kanidm_mail_sender.errors import RelayError, RelayMisconfigured, RelayUnavailable
 from kanidm_mail_sender.logs import get_logger
 
@@ -70,12 +71,15 @@ _CAUSES = {
 }
 
 
-def classify_token_error(exc: BaseException, url: str) -> RelayError:
-    """Map a failed token request to a relay-wide error (never a destination's failure)."""
+def classify_token_error(exc: BaseException, url: str, secrets: tuple[str, ...] = ()) -> RelayError:
+    """Map a failed token request to a relay-wide error (never a destination's failure).
+    The endpoint's own words are kept short and without our secrets or token-like runs:
+    they go to the log, ``status.json`` and ``status``."""
     where = f"the OAuth token endpoint {url}"
     if isinstance(exc, OAuthError):
-        code = str(exc.error)
-        description = f" ({exc.description})" if exc.description else ""
+        code = redact_reply(str(exc.error), secrets)[:80]
+        said = redact_reply(exc.description, secrets)[:300] if exc.description else ""
+        description = f" ({said})" if said else ""
         cause = _CAUSES.get(code, "check the mail_oauth2_* keys against the provider's setup")
         return RelayMisconfigured(f"{where} refused: {code}{description}; {cause}")
     if isinstance(exc, httpx.HTTPStatusError):
@@ -185,7 +189,9 @@ class TokenSource:
             if not math.isfinite(lifetime) or lifetime <= 0:
                 raise ValueError(f"expires_in is {data.get('expires_in')!r}")
         except (OAuthError, httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            raise classify_token_error(exc, self.settings.token_url) from None
+            raise classify_token_error(
+                exc, self.settings.token_url, self.settings.secrets()
+            ) from None
         rotated = data.get("refresh_token")
         if isinstance(rotated, str) and rotated:
             self._refresh_token = rotated  # kept in memory; the old one stays valid for a while
