@@ -16,6 +16,7 @@ from kanidm_mail_sender.config import (
 from kanidm_mail_sender.core.mail import MailIdentity
 from kanidm_mail_sender.core.render import Renderer
 from kanidm_mail_sender.engine import CANCEL_DEADLINE, Engine, EngineSettings, Metrics
+from kanidm_mail_sender.errors import StateError
 from kanidm_mail_sender.kanidm import KanidmClient, make_kanidm
 from kanidm_mail_sender.logs import get_logger
 from kanidm_mail_sender.runtime.daemon import run_daemon
@@ -26,6 +27,7 @@ from kanidm_mail_sender.runtime.sdnotify import Notifier
 from kanidm_mail_sender.runtime.signals import HardExit, handle_signals
 from kanidm_mail_sender.smtp import SmtpRelay, make_relay
 from kanidm_mail_sender.state import Journal, settle_state_dir
+from kanidm_mail_sender.state.retries import prepare_requests
 
 __all__ = ["build_engine", "engine_settings", "renderer_for", "run_main"]
 
@@ -103,6 +105,11 @@ async def run_main(
     if place.warning:
         log.warning("state.ephemeral", detail=place.warning)
     journal = Journal(place.path)
+    try:
+        prepare_requests(place.path)
+    except OSError as exc:
+        journal.close()
+        raise StateError(f"{place.path}: cannot create requests/ ({exc.strerror})") from None
     metrics = Metrics()
     kanidm = make_kanidm(configs)
     relay = make_relay(config)

@@ -20,6 +20,7 @@ from uuid import UUID
 
 from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, REJECTED, DestinationState, storable
 from kanidm_mail_sender.errors import AlreadyRunning, StateError
+from kanidm_mail_sender.logs import get_logger
 
 __all__ = ["RETENTION_SECONDS", "STATES_BATCH", "Journal"]
 
@@ -52,6 +53,8 @@ ON CONFLICT (message_id, destination) DO UPDATE SET
 
 STATES_BATCH = 64
 # A fixed number of placeholders and no data in the text.
+log = get_logger(__name__)
+
 _STATES_OF = (
     "SELECT message_id, destination, state, attempts, next_attempt, reply FROM delivery "  # noqa: S608
     f"WHERE message_id IN ({', '.join('?' * STATES_BATCH)})"
@@ -62,7 +65,51 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
+    # Overwritten rows (an old reply, a destination) leave no bytes behind, on purpose rather
+    # than by the build's default.
+    conn.execute("PRAGMA secure_delete=ON")
     return conn
+
+
+def _private_files(path: Path) -> None:
+    """The journal and its -wal and -shm, 0600 whatever the umask: they hold every
+    destination address and relay reply. SQLite gives -wal and -shm the database file's
+    mode, so creating that one private is enough; files left by an older version are
+    tightened."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+            found = path.with_name(name)
+            if found.exists() and found.stat().st_mode & 0o077:
+                found.chmod(0o600)
+    except OSError as exc:
+        raise StateError(f"{path}: cannot make the journal private ({exc.strerror})") from None
+
+
+def _keep_private(state_dir: Path) -> None:
+    """A state directory the group or others can enter (made 0755 by ``mkdir`` or a
+    package) exposes the journal's name and the retry requests: tightened to 0700 when it is
+    ours, else a warning naming the fix."""
+    found = state_dir.stat()
+    if not found.st_mode & 0o077:
+        return
+    mode = oct(found.st_mode & 0o777)
+    if found.st_uid == os.geteuid():
+        state_dir.chmod(0o700)
+        log.warning(
+            "state.tightened",
+            state_dir=str(state_dir),
+            was=mode,
+            note="the state directory was readable by others; it is 0700 now",
+        )
+        return
+    log.warning(
+        "state.exposed",
+        state_dir=str(state_dir),
+        mode=mode,
+        owner=found.st_uid,
+        note=f"the group or others can enter it; chmod 0700 {state_dir} (its owner may)",
+    )
 
 
 class Journal:
@@ -73,11 +120,14 @@ class Journal:
         self.path = state_dir / "journal.sqlite3"
         self._lock_fd = self._lock(state_dir)
         try:
+            _private_files(self.path)
             self._writer = _connect(self.path)
             self._writer.executescript(_SCHEMA)
             self._reader = _connect(self.path)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StateError) as exc:
             os.close(self._lock_fd)
+            if isinstance(exc, StateError):
+                raise
             raise StateError(f"{self.path}: cannot open the delivery journal ({exc})") from None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._pending: list[tuple[Any, ...]] = []
@@ -88,6 +138,7 @@ class Journal:
     def _lock(state_dir: Path) -> int:
         try:
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _keep_private(state_dir)
             fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StateError(

@@ -18,15 +18,24 @@ from uuid import UUID, uuid4
 
 from kanidm_mail_sender.core.planning import NO_DESTINATION
 from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, EXPIRED, DestinationState
-from kanidm_mail_sender.errors import RetryRefused
+from kanidm_mail_sender.errors import RetryRefused, StateError
 from kanidm_mail_sender.logs import get_logger
 from kanidm_mail_sender.state.journal import Journal
 
-__all__ = ["RetryRequest", "apply_retries", "apply_retry", "plan_retry", "submit"]
+__all__ = [
+    "RetryRequest",
+    "apply_retries",
+    "apply_retry",
+    "plan_retry",
+    "prepare_requests",
+    "submit",
+]
 
 log = get_logger(__name__)
 
 REQUESTS = "requests"
+# The request directories already reported unreadable: one log line per incident.
+_UNREADABLE: set[Path] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +106,16 @@ async def apply_retry(journal: Journal, request: RetryRequest, now: float) -> li
     return due
 
 
+def prepare_requests(state_dir: Path) -> None:
+    """Create ``requests/`` at the daemon's start, so that it is the daemon's own (an
+    operator's ``sudo ... retry`` would otherwise create it as root, unreadable to it)."""
+    (state_dir / REQUESTS).mkdir(mode=0o700, exist_ok=True)
+
+
 def submit(state_dir: Path, request: RetryRequest) -> Path:
-    """Leave ``request`` for the running daemon."""
+    """Leave ``request`` for the running daemon, readable by it: as root (``sudo``), the
+    file (and a ``requests/`` made here) is given to the state directory's owner."""
     directory = state_dir / REQUESTS
-    directory.mkdir(mode=0o700, exist_ok=True)
     body = {
         "message_id": str(request.message_id),
         "destination": request.destination,
@@ -108,8 +123,23 @@ def submit(state_dir: Path, request: RetryRequest) -> Path:
     }
     target = directory / f"retry-{time.time_ns()}-{uuid4().hex[:8]}.json"
     temporary = target.with_suffix(".tmp")
-    temporary.write_text(json.dumps(body), encoding="utf-8")
-    os.replace(temporary, target)
+    try:
+        owner = state_dir.stat()
+        directory.mkdir(mode=0o700, exist_ok=True)
+        give = os.geteuid() == 0 and owner.st_uid != 0
+        if give and directory.stat().st_uid != owner.st_uid:
+            os.chown(directory, owner.st_uid, owner.st_gid)  # made by an earlier sudo
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            if give:
+                os.fchown(out.fileno(), owner.st_uid, owner.st_gid)
+            out.write(json.dumps(body))
+        os.replace(temporary, target)
+    except OSError as exc:
+        raise StateError(
+            f"{directory}: cannot leave the request for the daemon ({exc.strerror}); run "
+            "retry as the daemon's user (sudo -u <user>), or as root"
+        ) from None
     return target
 
 
@@ -128,6 +158,19 @@ async def apply_retries(journal: Journal) -> None:
     directory = journal.state_dir / REQUESTS
     if not directory.is_dir():
         return
+    if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+        # glob() would list nothing and say nothing: the requests would wait for ever.
+        if directory not in _UNREADABLE:
+            _UNREADABLE.add(directory)
+            log.error(
+                "operator.requests_unreadable",
+                directory=str(directory),
+                owner=directory.stat().st_uid,
+                note=f"retry requests cannot be read by uid {os.geteuid()}; chown -R it to "
+                "this user (a retry run as another user made it)",
+            )
+        return
+    _UNREADABLE.discard(directory)
     for path in sorted(directory.glob("retry-*.json")):
         try:
             request = _read(path)

@@ -22,7 +22,10 @@ def publish(state_dir: Path, data: dict[str, Any]) -> None:
     target = state_dir / STATUS_FILE
     temporary = target.with_suffix(".tmp")
     try:
-        temporary.write_text(json.dumps(data), encoding="utf-8")
+        # 0600 whatever the umask: it names the relay's last reply and the journal's counts.
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(json.dumps(data))
         os.replace(temporary, target)
     except OSError:
         pass
