@@ -12,7 +12,14 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["TextRenderer", "Timestamp", "configure_logging", "get_logger", "redact_secrets"]
+__all__ = [
+    "TextRenderer",
+    "Timestamp",
+    "configure_logging",
+    "get_logger",
+    "printable",
+    "redact_secrets",
+]
 
 _SECRET_KEYS = frozenset({"token", "password", "mail_password", "authorization", "secret"})
 
@@ -59,6 +66,25 @@ _BARE = re.compile(r'[^\s"=\\\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-
 # Left raw by json.dumps(ensure_ascii=False), yet able to forge or hide text on a terminal:
 # DEL, C1 controls, line separators, zero-width and bidirectional overrides.
 _UNSAFE = re.compile("[\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+# For a terminal: every C0 control but the line break, DEL, C1, and the same invisible and
+# bidirectional characters. ESC, BEL and C1 start sequences that retitle a window, clear the
+# screen, hide rows or (OSC 52) write the clipboard.
+_TERMINAL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def printable(text: str, *, newlines: bool = False) -> str:
+    """``text`` safe to print on an operator's terminal: each control, invisible or
+    bidirectional character as its escape (``\\x1b``, ``\\u202e``); line breaks kept only with
+    ``newlines`` (a whole table, not one cell of it)."""
+    escaped = _TERMINAL.sub(_escape, text)
+    return escaped if newlines else escaped.replace("\n", "\\n")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _value(value: Any) -> str:

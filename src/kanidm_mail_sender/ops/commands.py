@@ -27,6 +27,7 @@ from kanidm_mail_sender.core.states import ACCEPTED, DestinationState
 from kanidm_mail_sender.errors import AlreadyRunning, KanidmNotFound, RetryRefused, StateError
 from kanidm_mail_sender.exitcodes import ExitCode
 from kanidm_mail_sender.kanidm.factory import make_kanidm
+from kanidm_mail_sender.logs import printable
 from kanidm_mail_sender.state.journal import RETENTION_SECONDS, Journal
 from kanidm_mail_sender.state.lock import lock_holder
 from kanidm_mail_sender.state.place import find_state_dir
@@ -58,7 +59,13 @@ class Context:
 
     def print(self, data: Any, table: str) -> None:
         """JSON with ``--json``, else the table."""
-        text = json.dumps(data, indent=2, default=str) if self.as_json else table
+        # JSON escapes every control character itself (ensure_ascii); a table is made safe
+        # for the terminal here, whatever its cells hold (display names are the users' own).
+        text = (
+            json.dumps(data, indent=2, default=str)
+            if self.as_json
+            else printable(table, newlines=True)
+        )
         print(text, file=self.out, flush=True)
 
 
@@ -94,7 +101,7 @@ def _age(seconds: float) -> str:
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    rows = [list(headers), *[[str(cell) for cell in row] for row in rows]]
+    rows = [list(headers), *[[printable(str(cell)) for cell in row] for row in rows]]
     widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -360,7 +367,7 @@ async def show(ctx: Context, message_id: UUID) -> int:
     lines = [f"message   {message_id}", f"kanidm    {kanidm_note}"]
     if entry is not None:
         lines += [
-            f"template  {entry['template']} ({entry['display_name']})",
+            f"template  {entry['template']} ({printable(str(entry['display_name']))})",
             f"queued    {_when(entry['send_after'])}",
             f"sent_at   {_when(entry['sent_at'])}",
         ]
@@ -411,7 +418,7 @@ async def retry(ctx: Context, request: RetryRequest) -> int:
         if any(states[d].state == ACCEPTED for d in due) and not ctx.offline:
             await _still_queued(configs, request.message_id)
     except RetryRefused as exc:
-        print(f"refused: {request.message_id}: {exc}", file=ctx.out, flush=True)
+        print(f"refused: {request.message_id}: {printable(str(exc))}", file=ctx.out, flush=True)
         return ExitCode.NOT_DONE
     holder = lock_holder(state_dir)
     if holder is None:
