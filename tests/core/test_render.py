@@ -186,6 +186,56 @@ def test_headers_of_a_reset_mail() -> None:
     assert b"\r\n" in envelope.data
 
 
+@pytest.mark.parametrize(
+    "destination",
+    [
+        "=?utf-8?q?victim=40evil.example=2C_x?=@example.com",  # an encoded word as local part
+        '"=?utf-8?b?dmljdGltQGV2aWwuZXhhbXBsZQ==?="@example.com',  # the same, quoted
+        "=?utf-8?q?a?=@example.com",
+        "älice@example.org",  # SMTPUTF8: raw UTF-8
+    ],
+)
+def test_the_to_header_is_the_envelope_s_address_verbatim(destination: str) -> None:
+    """RFC 2047 section 5: no encoded word inside an addr-spec, so none is read there: the
+    header names exactly the envelope's one recipient."""
+    rendered = renderer().render(RESET, message_id=MID, destination=destination)
+    envelope = build_message(
+        rendered,
+        identity=MailIdentity("Kanidm", "kanidm@example.com", "help@example.com"),
+        destination=destination,
+        message_id=MID,
+        date=datetime(2026, 2, 18, 3, 0, 6, tzinfo=UTC),
+    )
+    head = envelope.data.split(b"\r\n\r\n", 1)[0].decode("utf-8").split("\r\n")
+    assert [line for line in head if line.startswith("To:")] == [f"To: {destination}"]
+    assert head.index(f"To: {destination}") == 2  # after From and Reply-To, as the fast path
+    assert envelope.recipient == destination
+
+
+@pytest.mark.parametrize("instance", ["Kanidm", "Kanidm Åland"])  # fast path, stdlib path
+def test_a_display_name_that_looks_like_an_encoded_word_stays_text(
+    tmp_path: Path, instance: str
+) -> None:
+    """An operator's subject template names the person; their display name (their own to
+    edit) must not become a header (an encoded CR LF) or other text in a mail reader."""
+    (tmp_path / "test_message_v1.subject.j2").write_text("Hello {{ display_name }}")
+    hostile = "=?utf-8?q?x=0D=0ABcc:_evil@example.com?="
+    rendered = renderer(tmp_path, name=instance).render(
+        TestMessageV1(hostile), message_id=MID, destination="a@example.com"
+    )
+    envelope = build_message(
+        rendered,
+        identity=MailIdentity(instance, "kanidm@example.com", "help@example.com"),
+        destination="a@example.com",
+        message_id=MID,
+        date=datetime(2026, 2, 18, 3, 0, 6, tzinfo=UTC),
+    )
+    assert b"\r\nBcc:" not in envelope.data
+    msg = email.message_from_bytes(envelope.data, policy=email.policy.default)
+    assert msg["Bcc"] is None
+    assert msg["Subject"] == f"Hello {hostile}"
+
+
 def test_non_ascii_names_are_encoded_and_round_trip() -> None:
     name = "Ünïcødé IDM, Inc."
     r = renderer(name=name)

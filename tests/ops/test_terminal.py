@@ -49,8 +49,8 @@ async def test_no_table_prints_a_control_character_raw(
 
     try:
         await wait_for(journalled, timeout=20)
-        outputs = {}
-        for command in (
+        outputs: dict[str, str] = {}
+        for args in (
             ["queue"],
             ["history"],
             ["history", "--state", DEFERRED],
@@ -60,8 +60,8 @@ async def test_no_table_prints_a_control_character_raw(
             ["show", str(replied)],
             ["show", str(quoted)],
         ):
-            _, out, err = await run(daemon_command(client, mail, *command))
-            outputs[" ".join(command)] = out + err
+            _, out, err = await run(daemon_command(client, mail, *args))
+            outputs[" ".join(args)] = out + err
     finally:
         code, log = await stop(daemon)
     assert not RAW.search(log)  # the logs escape already

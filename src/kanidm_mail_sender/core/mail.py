@@ -7,6 +7,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -108,7 +109,7 @@ def _fast_path(
             _header_bytes("From", (identity.display_name, identity.from_address)),
             _header_bytes("Reply-To", (identity.display_name, identity.reply_to_address)),
             f"To: {destination}\r\n".encode("ascii"),
-            _header_bytes("Subject", rendered.subject),
+            _subject_bytes(rendered.subject),
             f"Date: {date}\r\nMessage-ID: {header_id}\r\n".encode("ascii"),
             _AUTOMATIC_BYTES,
             b'Content-Type: text/plain; charset="utf-8"\r\n'
@@ -153,8 +154,6 @@ def _stdlib_message(
     msg = EmailMessage(policy=policy)
     msg["From"] = _mailbox(identity.display_name, identity.from_address)
     msg["Reply-To"] = _mailbox(identity.display_name, identity.reply_to_address)
-    msg["To"] = destination
-    msg["Subject"] = rendered.subject
     msg["Date"] = date
     msg["Message-ID"] = header_id
     for name, value in AUTOMATIC:
@@ -165,4 +164,31 @@ def _stdlib_message(
         for part in msg.iter_parts():
             # The stdlib repeats MIME-Version on sub-parts; only the top level should carry it.
             del part["MIME-Version"]
-    return msg.as_bytes(policy=policy)
+    return _with_to_and_subject(msg.as_bytes(policy=policy), destination, rendered.subject)
+
+
+@lru_cache(maxsize=256)
+def _subject_bytes(subject: str) -> bytes:
+    """The Subject header. Text that looks like an encoded word (``=?utf-8?q?...?=``, from a
+    display name in an operator's template, say) is encoded itself, so that readers show it
+    as written: handed to the stdlib, it would be decoded first, and an encoded CR LF would
+    become a header of its own (``Bcc:``)."""
+    if "=?" not in subject:
+        return _header_bytes("Subject", subject)
+    encoded = Header(subject, "utf-8", header_name="Subject").encode(linesep="\r\n")
+    return f"Subject: {encoded}\r\n".encode("ascii")
+
+
+def _with_to_and_subject(data: bytes, destination: str, subject: str) -> bytes:
+    """``data`` with ``To: destination`` and the Subject after Reply-To, the address verbatim.
+
+    The stdlib's address parser would read the destination: it decodes an encoded word even
+    inside an addr-spec (RFC 2047 section 5 forbids that), so ``=?utf-8?q?a=40evil.example=2C_b?=
+    @example.com`` became ``To: a@evil.example, b@example.com``. The header must name the
+    envelope's one recipient, as Kanidm gave it.
+    """
+    if "\r" in destination or "\n" in destination:
+        raise ValueError("a line break in the destination address")
+    at = data.index(b"\r\nDate:") + 2  # From and Reply-To come first
+    to = b"To: " + destination.encode("utf-8") + b"\r\n"
+    return data[:at] + to + _subject_bytes(subject) + data[at:]
