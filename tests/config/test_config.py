@@ -137,6 +137,33 @@ def test_secrets_never_appear_in_repr_or_errors(tmp_path: Path) -> None:
     assert "tok-secret-1" not in str(caught.value)
 
 
+@pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o640, False), (0o600, False)])
+def test_a_secret_file_every_user_can_read_warns(tmp_path: Path, mode: int, warned: bool) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("from-file-token\n")
+    secret.chmod(mode)
+    loaded = load_mail_config(
+        write(tmp_path, with_(token=None, token_file=str(secret))), environ={}
+    )
+    found = [w for w in loaded.warnings if "token_file" in w]
+    assert bool(found) is warned
+    if warned:
+        assert f"{secret} holds a secret but is readable by all users; chmod o-rwx it" in found[0]
+        assert "from-file-token" not in found[0]
+
+
+def test_a_systemd_credential_is_not_warned_about(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "token").write_text("cred-token")
+    (credentials / "token").chmod(0o644)
+    loaded = load_mail_config(
+        write(tmp_path, with_(token=None)), environ={"CREDENTIALS_DIRECTORY": str(credentials)}
+    )
+    assert loaded.config.token.get_secret_value() == "cred-token"
+    assert not [w for w in loaded.warnings if "readable by all" in w]
+
+
 def test_secrets_from_files(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("from-file-token\n")
     (tmp_path / "pw").write_text("from-file-password\n")

@@ -41,6 +41,8 @@ def test_example_loads(name: str, tmp_path: Path) -> None:
                 make_service_account(local)
             else:
                 local.write_text(f"secret-of-{key}\n")
+            if key.endswith("_file"):
+                local.chmod(0o600)  # as the README asks: readable by every user, it warns
             data[key] = str(local)
     path = tmp_path / "mail-sender"
     path.write_text(tomli_w.dumps(data))

@@ -446,9 +446,11 @@ _SECRETS = tuple(
 
 
 def _resolve_secrets(
-    path: Path, data: dict[str, Any], environ: Mapping[str, str]
+    path: Path, data: dict[str, Any], environ: Mapping[str, str], exposed: list[str]
 ) -> dict[str, Any]:
-    """Take each secret from exactly one of: the key, ``<key>_file``, or a systemd credential."""
+    """Take each secret from exactly one of: the key, ``<key>_file``, or a systemd credential.
+    A ``*_file`` that every user may read is named in ``exposed`` (systemd's credentials are
+    private by construction)."""
     data = dict(data)
     credentials = environ.get("CREDENTIALS_DIRECTORY")
     for key, file_key in _SECRETS:
@@ -468,6 +470,11 @@ def _resolve_secrets(
         if sources and sources[0][1] is not None:
             secret_path = sources[0][1]
             raw = read_regular_file(secret_path, f"{path}: {sources[0][0]}")
+            if sources[0][0].startswith("key ") and _readable_by_all(secret_path):
+                exposed.append(
+                    f"{path}: {sources[0][0]}: {secret_path} holds a secret but is readable by "
+                    "all users; chmod o-rwx it"
+                )
             try:
                 data[key] = raw.decode("utf-8").strip()
             except UnicodeDecodeError:
@@ -475,6 +482,13 @@ def _resolve_secrets(
                     f"{path}: {sources[0][0]}: {secret_path} is not UTF-8 text"
                 ) from None
     return data
+
+
+def _readable_by_all(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        return False  # read just now; a race is not worth a warning
 
 
 _RESET_LINK_LIFE = 3600.0  # Kanidm's default credential-reset link lifetime
@@ -485,12 +499,13 @@ def load_mail_config(
 ) -> Loaded[MailSenderConfig]:
     """Read and validate the mail-sender config file at ``path``."""
     env = os.environ if environ is None else environ
-    data = _resolve_secrets(path, _read_toml(path), env)
+    exposed: list[str] = []
+    data = _resolve_secrets(path, _read_toml(path), env, exposed)
     try:
         config = MailSenderConfig.model_validate(data)
     except ValidationError as exc:
         raise _explain(path, exc) from None
-    warnings = [
+    warnings = exposed + [
         f"{path}: unknown key '{key}' is ignored; check its spelling"
         for key in (config.model_extra or {})
     ]
