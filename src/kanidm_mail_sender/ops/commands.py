@@ -436,11 +436,18 @@ async def retry(ctx: Context, request: RetryRequest) -> int:
                 f"{', '.join(due)}: due now; sent at the first poll once the daemon runs",
             )
             return ExitCode.OK
-    submit(state_dir, request)
+    left = submit(state_dir, request)
     who = f"pid {holder}" if holder > 0 else "just started"
+    owner = left.stat().st_uid  # the state directory's: the daemon can read it
     ctx.print(
-        {"applied": False, "queued_for_daemon": holder, "destinations": due},
-        f"{', '.join(due)}: handed to the running daemon ({who}); sent at its next poll",
+        {
+            "applied": False,
+            "queued_for_daemon": holder,
+            "request_owner": owner,
+            "destinations": due,
+        },
+        f"{', '.join(due)}: handed to the running daemon ({who}; the request belongs to uid "
+        f"{owner}, as its state directory does); sent at its next poll",
     )
     return ExitCode.OK
 
