@@ -26,7 +26,7 @@ from pathlib import Path
 import aiosmtplib
 
 from bench.raw_client import MAIL
-from kanidm_mail_sender.config.settings import parse_relay_url
+from kanidm_mail_sender.config.relays import parse_relay_url
 from kanidm_mail_sender.core.mail import Envelope
 from kanidm_mail_sender.smtp.relay import SmtpRelay, build_tls_context
 

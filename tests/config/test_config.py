@@ -9,12 +9,9 @@ from typing import Any
 import pytest
 import tomli_w
 
-from kanidm_mail_sender.config.settings import (
-    load_client_config,
-    load_mail_config,
-    parse_relay_url,
-    resolve_state_dir,
-)
+from kanidm_mail_sender.config.loading import load_client_config, load_mail_config
+from kanidm_mail_sender.config.relays import parse_relay_url
+from kanidm_mail_sender.config.statedir import resolve_state_dir
 from kanidm_mail_sender.errors import ConfigError
 
 GOOD: dict[str, Any] = {

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
+from kanidm_mail_sender.config.loading import load_mail_config
 from kanidm_mail_sender.config.oauth import Grant
-from kanidm_mail_sender.config.settings import load_mail_config
 from kanidm_mail_sender.sandbox.oauth_server import make_service_account
 from tests.helpers import ROOT
 

@@ -21,11 +21,8 @@ import pytest
 import yaml
 
 from kanidm_mail_sender.cli import _parser, main
-from kanidm_mail_sender.config.settings import (
-    DEFAULT_CLIENT_CONFIG,
-    DEFAULT_MAIL_CONFIG,
-    read_regular_file,
-)
+from kanidm_mail_sender.config.files import read_regular_file
+from kanidm_mail_sender.config.settings import DEFAULT_CLIENT_CONFIG, DEFAULT_MAIL_CONFIG
 from kanidm_mail_sender.errors import ConfigError
 from kanidm_mail_sender.ops.probe import probe
 from kanidm_mail_sender.state.place import ephemeral_dir

@@ -18,8 +18,8 @@ import pytest
 from authlib.integrations.base_client import OAuthError
 from structlog.testing import capture_logs
 
+from kanidm_mail_sender.config.loading import load_mail_config
 from kanidm_mail_sender.config.preflight import Identity
-from kanidm_mail_sender.config.settings import load_mail_config
 from kanidm_mail_sender.errors import RelayMisconfigured, RelayUnavailable
 from kanidm_mail_sender.ops.oneshot import run_check
 from kanidm_mail_sender.sandbox.certs import Certs

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from kanidm_mail_sender.config.settings import parse_relay_url
+from kanidm_mail_sender.config.relays import parse_relay_url
 from kanidm_mail_sender.errors import (
     DeliveryDeferred,
     DeliveryRejected,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from kanidm_mail_sender.config.settings import parse_relay_url
+from kanidm_mail_sender.config.relays import parse_relay_url
 from kanidm_mail_sender.core.replies import Receipt
 from kanidm_mail_sender.errors import (
     DeliveryDeferred,

@@ -1,21 +1,126 @@
-"""Both config files, checked and loaded together."""
+"""Loading the two config files: Kanidm's client config (``-c``) and ours (``-m``).
+
+Loading is pure apart from reading the files: problems that should not stop the daemon are
+returned as warnings for the caller to log; invalid values raise ConfigError naming the file,
+the key, what is wrong and what to do."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
-from kanidm_mail_sender.config.preflight import Identity, check_config_file
-from kanidm_mail_sender.config.settings import (
-    ClientConfig,
-    Loaded,
-    MailSenderConfig,
-    load_client_config,
-    load_mail_config,
+from pydantic import (
+    ValidationError,
 )
 
-__all__ = ["Configs", "load_configs"]
+from kanidm_mail_sender.config.files import read_toml, resolve_secrets
+from kanidm_mail_sender.config.preflight import Identity, check_config_file
+from kanidm_mail_sender.config.settings import ClientConfig, MailSenderConfig
+from kanidm_mail_sender.errors import ConfigError
+
+__all__ = ["Configs", "Loaded", "load_client_config", "load_configs", "load_mail_config"]
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Loaded(Generic[T]):
+    """A validated config and the warnings found while loading it."""
+
+    config: T
+    warnings: list[str]
+
+
+_HINTS = {
+    "missing": "add it to the file",
+    "extra_forbidden": "remove it",
+}
+
+
+def _explain(path: Path, error: ValidationError) -> ConfigError:
+    lines = []
+    for item in error.errors(include_url=False):
+        key = ".".join(str(p) for p in item["loc"]) or "(file)"
+        message = "is missing" if item["type"] == "missing" else item["msg"]
+        message = message.removeprefix("Value error, ")
+        hint = _HINTS.get(item["type"], "fix the value and start again")
+        lines.append(f"{path}: key '{key}': {message}; {hint}")
+    return ConfigError("\n".join(lines))
+
+
+_RESET_LINK_LIFE = 3600.0  # Kanidm's default credential-reset link lifetime
+
+
+def load_mail_config(
+    path: Path, *, environ: Mapping[str, str] | None = None
+) -> Loaded[MailSenderConfig]:
+    """Read and validate the mail-sender config file at ``path``."""
+    env = os.environ if environ is None else environ
+    exposed: list[str] = []
+    data = resolve_secrets(path, read_toml(path), env, exposed)
+    try:
+        config = MailSenderConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(path, exc) from None
+    warnings = exposed + [
+        f"{path}: unknown key '{key}' is ignored; check its spelling"
+        for key in (config.model_extra or {})
+    ]
+    relay = config.relay
+    if relay.legacy:
+        warnings.append(
+            f"{path}: key 'mail_relay': {data.get('mail_relay')!r} is the Kanidm 1.10 form, read "
+            f'as implicit TLS to port {relay.port}; write mail_relay = "{relay.describe()}" '
+            "(Kanidm 1.11 refuses the bare form)"
+        )
+    if config.mail_username and config.mail_password is None and config.oauth2() is None:
+        warnings.append(
+            f"{path}: 'mail_username' is set without 'mail_password'; "
+            "no SMTP authentication will be attempted"
+        )
+    if config.standby_delay_seconds >= _RESET_LINK_LIFE:
+        warnings.append(
+            f"{path}: key 'standby_delay_seconds': {config.standby_delay_seconds:g} s is as long "
+            "as a reset link lives by default (1 hour): while the primary is down, this standby "
+            "would send such links dead or not at all; use a few minutes (300 to 600)"
+        )
+    if config.mail_password is not None and not config.mail_username:
+        warnings.append(
+            f"{path}: 'mail_password' is set without 'mail_username'; "
+            "no SMTP authentication will be attempted"
+        )
+    return Loaded(config, warnings)
+
+
+def load_client_config(path: Path) -> Loaded[ClientConfig]:
+    """Read and validate Kanidm's client config file at ``path`` (top-level keys only)."""
+    data = read_toml(path)
+    known = set(ClientConfig.model_fields)
+    warnings = [
+        f"{path}: unknown key '{key}' is ignored"
+        for key, value in data.items()
+        if key not in known and not isinstance(value, dict)
+    ]
+    if "uri" not in data:
+        raise ConfigError(
+            f"{path}: key 'uri': missing; add the URL of your Kanidm server, "
+            'for example uri = "https://idm.example.com"'
+        )
+    try:
+        config = ClientConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(path, exc) from None
+    if not config.verify_ca:
+        warnings.append(f"{path}: verify_ca = false: Kanidm's certificate is NOT verified")
+    if not config.verify_hostnames:
+        warnings.append(
+            f"{path}: verify_hostnames = false: Kanidm's certificate may name another host"
+        )
+    return Loaded(config, warnings)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from uuid import UUID
 from kanidm_mail_sender import __version__
 from kanidm_mail_sender.config.loading import Configs, load_configs
 from kanidm_mail_sender.config.preflight import Identity
-from kanidm_mail_sender.config.settings import resolve_state_dir, state_dir_named
+from kanidm_mail_sender.config.statedir import resolve_state_dir, state_dir_named
 from kanidm_mail_sender.core.messages import CredentialResetV1, MalformedMessage, parse_resource
 from kanidm_mail_sender.core.queueid import relay_queue_id
 from kanidm_mail_sender.core.states import ACCEPTED, DestinationState

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiosmtplib
 
-from kanidm_mail_sender.config.settings import RelayEndpoint
+from kanidm_mail_sender.config.relays import RelayEndpoint
 from kanidm_mail_sender.core.mail import Envelope
 from kanidm_mail_sender.core.queueid import relay_queue_id
 from kanidm_mail_sender.core.replies import Receipt, Stage, Verdict, read_reply, redact_reply
