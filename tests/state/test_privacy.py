@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 from kanidm_mail_sender.core.states import DEFERRED
 from kanidm_mail_sender.errors import StateError
 from kanidm_mail_sender.state.journal import Journal
-from kanidm_mail_sender.state.retries import REQUESTS, RetryRequest, prepare_requests, submit
+from kanidm_mail_sender.state.retries import REQUESTS, RetryRequest, prepare_requests, submit_retry
 from kanidm_mail_sender.state.status import publish
 
 NOBODY = 65534
@@ -57,7 +57,7 @@ async def test_every_state_file_is_private_under_umask_022(tmp_path: Path) -> No
     await journal.record(uuid4(), "a@example.com", DEFERRED, now=time.time(), reply="451 later")
     publish(state_dir, {"running": True})
     prepare_requests(state_dir)
-    submit(state_dir, RetryRequest(uuid4(), None, False))
+    submit_retry(state_dir, RetryRequest(uuid4(), None, False))
     try:
         files = [p for p in state_dir.rglob("*") if p.is_file()]
         names = {p.name for p in files}
@@ -104,7 +104,7 @@ def test_a_retry_left_by_root_belongs_to_the_state_dir_s_owner(shared_root: Path
     state_dir.mkdir(mode=0o700)
     os.chown(state_dir, NOBODY, NOBODY)
     message = uuid4()
-    left = submit(state_dir, RetryRequest(message, "a@example.com", False))
+    left = submit_retry(state_dir, RetryRequest(message, "a@example.com", False))
     for path in (left, left.parent):
         assert (path.stat().st_uid, path.stat().st_gid) == (NOBODY, NOBODY)
     read = _as_nobody(f"print(open({str(left)!r}).read())")
@@ -137,7 +137,7 @@ def test_a_request_that_cannot_be_left_is_a_clear_error(tmp_path: Path) -> None:
     state_dir.mkdir()
     (state_dir / REQUESTS).write_text("not a directory")
     with pytest.raises(StateError, match="cannot leave the request for the daemon"):
-        submit(state_dir, RetryRequest(uuid4(), None, False))
+        submit_retry(state_dir, RetryRequest(uuid4(), None, False))
 
 
 def _as_nobody(code: str) -> str:

@@ -8,7 +8,7 @@ from kanidm_mail_sender.engine.engine import (
     EngineSettings,
     HealthView,
     MailTransport,
-    MessageSource,
+    MessageQueue,
 )
 from kanidm_mail_sender.engine.metrics import Metrics
 
@@ -19,6 +19,6 @@ __all__ = [
     "EngineSettings",
     "HealthView",
     "MailTransport",
-    "MessageSource",
+    "MessageQueue",
     "Metrics",
 ]

@@ -37,12 +37,12 @@ from kanidm_mail_sender.errors import KanidmAuthError, KanidmError, KanidmNotFou
 from kanidm_mail_sender.logs import get_logger
 from kanidm_mail_sender.state.journal import STATES_BATCH, Journal
 
-__all__ = ["DispatchSettings", "Dispatcher", "MessageSource", "ReportedOnce", "drain"]
+__all__ = ["DispatchSettings", "Dispatcher", "ReadyList", "ReportedOnce", "drain"]
 
 log = get_logger(__name__)
 
 
-class MessageSource(Protocol):
+class ReadyList(Protocol):
     """Kanidm's ready list, as this stage sees it: resources, or entries already found bad."""
 
     def ready(self) -> AsyncGenerator[Any, None]: ...
@@ -91,7 +91,7 @@ class Dispatcher:
         self,
         *,
         context: StageContext,
-        source: MessageSource,
+        source: ReadyList,
         journal: Journal,
         queue: asyncio.Queue[Job],
         marks: MarkStage,

@@ -29,7 +29,7 @@ from kanidm_mail_sender.errors import MailSenderError, StateError
 from kanidm_mail_sender.logs import get_logger
 from kanidm_mail_sender.state.journal import Journal
 
-__all__ = ["CutOff", "Engine", "EngineSettings", "MailTransport", "MessageSource"]
+__all__ = ["CutOff", "Engine", "EngineSettings", "MailTransport", "MessageQueue"]
 
 log = get_logger(__name__)
 
@@ -38,7 +38,7 @@ CANCEL_DEADLINE = 1.0
 _LISTED_IDS = 1000  # at most this many ids per list in the cut-off log line
 
 
-class MessageSource(Protocol):
+class MessageQueue(Protocol):
     """Kanidm, as the engine sees it."""
 
     def ready(self) -> AsyncGenerator[Any, None]: ...
@@ -106,7 +106,7 @@ class Engine:
     def __init__(
         self,
         *,
-        source: MessageSource,
+        source: MessageQueue,
         transport: MailTransport,
         journal: Journal,
         renderer: Renderer,
@@ -248,7 +248,7 @@ class Engine:
             paused_for=max(0.0, health.paused_until - time.monotonic()),
             concurrency=health.limit,
             last_error=health.last_error or None,
-            cause=(health.cause or None) if health.paused else None,
+            cause=health.cause.value if health.paused and health.cause else None,
             evidence=(health.reason or None) if health.paused else None,
         )
 

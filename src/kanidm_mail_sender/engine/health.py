@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from kanidm_mail_sender.core.planning import backoff_delay
 
-__all__ = ["Change", "HealthSettings", "RelayHealth"]
+__all__ = ["Change", "HealthSettings", "PauseCause", "RelayHealth"]
 
 
 class Change(enum.Enum):
@@ -28,6 +28,15 @@ class Change(enum.Enum):
     PAUSED = "paused"  # a relay-wide incident began
     THROTTLED = "throttled"  # a throttling incident began
     RECOVERED = "recovered"  # the relay works again after an incident
+
+
+class PauseCause(enum.StrEnum):
+    """Whose problem a relay-wide pause is: the label of its metrics and log lines."""
+
+    RELAY = "relay"  # down, closing, refusing connections, our credentials
+    SENDER = "sender"  # our From address or account may not send
+    QUOTA = "quota"  # our account's sending quota is used up
+    BURST = "burst"  # the same refusal after DATA for several destinations in a row
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +72,8 @@ class RelayHealth:
         self._successes_at_limit = 0
         self.incident_started: float | None = None
         self.last_error = ""
-        # Of the open pause: whose problem it is ("relay", "sender", "quota", "burst") and
-        # the evidence that made it relay-wide, if any.
-        self.cause = ""
+        # Of the open pause: whose problem it is, and the evidence that made it relay-wide.
+        self.cause: PauseCause | None = None
         self.reason = ""
 
     @property
@@ -122,11 +130,16 @@ class RelayHealth:
             return None
         self.incident_started = None
         self.pauses = self.throttles = 0
-        self.cause = self.reason = ""
+        self.cause, self.reason = None, ""
         return Change.RECOVERED
 
     def relay_down(
-        self, now: float, error: str, *, cause: str = "relay", reason: str = ""
+        self,
+        now: float,
+        error: str,
+        *,
+        cause: PauseCause = PauseCause.RELAY,
+        reason: str = "",
     ) -> Change | None:
         """A relay-wide failure; returns PAUSED when it begins a new incident."""
         self.active -= 1

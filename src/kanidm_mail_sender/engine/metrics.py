@@ -6,6 +6,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from kanidm_mail_sender.engine.health import PauseCause
+
 __all__ = ["KANIDM_CALLS", "PAUSE_CAUSES", "RELAY_FRESHNESS_SECONDS", "SKIP_REASONS", "Metrics"]
 
 # Ready means: the last poll succeeded, and the relay worked (or was checked) this recently.
@@ -13,7 +15,7 @@ RELAY_FRESHNESS_SECONDS = 300.0
 
 # Every label value is fixed here, and each series exists from the start: an alert on a
 # series that appears only on the first failure cannot tell "fine" from "not scraped".
-PAUSE_CAUSES = ("relay", "sender", "quota", "burst")
+PAUSE_CAUSES = tuple(cause.value for cause in PauseCause)
 KANIDM_CALLS = ("list", "mark")
 SKIP_REASONS = ("unknown_kind", "malformed")
 

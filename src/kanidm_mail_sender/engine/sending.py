@@ -32,7 +32,7 @@ from kanidm_mail_sender.core.replies import Receipt, Verdict, redact_reply
 from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, EXPIRED, REJECTED
 from kanidm_mail_sender.engine.evidence import Evidence, EvidenceRules, Judgement
 from kanidm_mail_sender.engine.expiry import record_expired
-from kanidm_mail_sender.engine.health import Change, RelayHealth
+from kanidm_mail_sender.engine.health import Change, PauseCause, RelayHealth
 from kanidm_mail_sender.engine.incident import Incident
 from kanidm_mail_sender.engine.inflight import Phase, StageContext
 from kanidm_mail_sender.engine.marking import MarkStage
@@ -55,15 +55,18 @@ log = get_logger(__name__)
 
 # What an operator should look at first, by the cause of a relay-wide pause.
 LIKELY_CAUSES = {
-    "relay": "the relay is unreachable, refuses connections or closes them; check it and "
+    PauseCause.RELAY: "the relay is unreachable, refuses connections or closes them; check it and "
     "the network",
-    "sender": "sender not allowed: the relay does not let this account send as "
+    PauseCause.SENDER: "sender not allowed: the relay does not let this account send as "
     "mail_from_address; check the account's send-as rights and the From address",
-    "quota": "quota reached: the account's sending quota is used up; sending resumes when "
+    PauseCause.QUOTA: "quota reached: the account's sending quota is used up; sending resumes when "
     "the provider's window resets, or raise the quota",
-    "burst": "the relay refuses every mail with the same reply after DATA: most likely our "
-    "sender is not allowed or a sending quota is reached; read the reply",
+    PauseCause.BURST: "the relay refuses every mail with the same reply after DATA: most "
+    "likely our sender is not allowed or a sending quota is reached; read the reply",
 }
+
+# The refusals whose words name a party: they pause with that party as the cause.
+_NAMED_CAUSES = frozenset({PauseCause.SENDER.value, PauseCause.QUOTA.value})
 
 _RATE_QUIET = 60.0  # seconds without a wait for the limits that end a rate-limit incident
 
@@ -319,8 +322,9 @@ class SendStage:
         refusal = exc.refusal if isinstance(exc, RelayError) else None
         if refusal is not None and secrets:
             refusal = dataclasses.replace(refusal, text=_without(refusal.text, secrets))
-        named = refusal is not None and refusal.cause.value in ("sender", "quota")
-        cause = refusal.cause.value if refusal is not None and named else "relay"
+        cause = PauseCause.RELAY
+        if refusal is not None and refusal.cause.value in _NAMED_CAUSES:
+            cause = PauseCause(refusal.cause.value)
         judgement = None
         if refusal is not None and result.state is not None and result.state != EXPIRED:
             judgement = self._evidence.refused(
@@ -328,7 +332,8 @@ class SendStage:
             )
             if judgement.escalated:
                 result = escalated(judgement.verdict is Verdict.RELAY_DOWN)
-                cause = "burst" if judgement.verdict is Verdict.RELAY_DOWN else "rate"
+                if judgement.verdict is Verdict.RELAY_DOWN:  # else a throttle: no pause
+                    cause = PauseCause.BURST
         if result.then is Next.RETRY and spent_after_all(free[0] + 1, free[1]):
             result = counted_after_all(result)
             error = f"{error} (relay-wide refusals for this destination while other mail went out)"
@@ -370,7 +375,7 @@ class SendStage:
         result: Outcome,
         error: str,
         started: float,
-        cause: str,
+        cause: PauseCause,
         judgement: Judgement | None,
     ) -> None:
         health, now = self._health, time.monotonic()
@@ -499,18 +504,18 @@ class SendStage:
         health = self._health
         self._metrics.relay_paused = health.paused
         self._metrics.relay_state(
-            paused_on=(health.cause or "relay") if health.paused else None,
+            paused_on=(health.cause or PauseCause.RELAY).value if health.paused else None,
             throttled=health.throttles > 0 and not health.paused,
             concurrency=health.limit,
         )
         if change is Change.PAUSED:
-            self._metrics.relay_incidents.labels(cause=health.cause).inc()
+            self._metrics.relay_incidents.labels(cause=health.cause or PauseCause.RELAY).inc()
         if change is Change.PAUSED and self._relay_log.failed(time.monotonic()):
             log.error(
                 "relay.paused",
                 error=error,
                 cause=health.cause,
-                likely_cause=LIKELY_CAUSES.get(health.cause, LIKELY_CAUSES["relay"]),
+                likely_cause=LIKELY_CAUSES[health.cause or PauseCause.RELAY],
                 evidence=health.reason or None,
                 pause_seconds=round(health.paused_until - time.monotonic(), 1),
                 note="all sending is paused; one probe per pause, no attempts spent; "

@@ -31,7 +31,7 @@ __all__ = [
     "USER_AGENT",
     "KanidmClient",
     "ListLimits",
-    "Marker",
+    "MarkPipeline",
     "build_http_client",
     "sent_path",
     "status_error",
@@ -183,7 +183,7 @@ async def _excerpt(response: httpx.Response) -> bytes:
     return bytes(body[:_EXCERPT])
 
 
-class Marker(Protocol):
+class MarkPipeline(Protocol):
     """Something that marks messages sent faster than one httpx request each."""
 
     async def mark_sent(self, message_id: UUID) -> None: ...
@@ -209,7 +209,7 @@ class KanidmClient:
     def __init__(
         self,
         http: httpx.AsyncClient,
-        marker: Marker | None = None,
+        marker: MarkPipeline | None = None,
         limits: ListLimits | None = None,
     ) -> None:
         self._http = http

@@ -31,7 +31,7 @@ from kanidm_mail_sender.logs import printable
 from kanidm_mail_sender.state.journal import RETENTION_SECONDS, Journal
 from kanidm_mail_sender.state.lock import lock_holder
 from kanidm_mail_sender.state.place import find_state_dir
-from kanidm_mail_sender.state.retries import RetryRequest, apply_retry, plan_retry, submit
+from kanidm_mail_sender.state.retries import RetryRequest, apply_retry, plan_retry, submit_retry
 from kanidm_mail_sender.state.status import read_status
 from kanidm_mail_sender.state.view import HistoryRow, JournalView
 
@@ -436,7 +436,7 @@ async def retry(ctx: Context, request: RetryRequest) -> int:
                 f"{', '.join(due)}: due now; sent at the first poll once the daemon runs",
             )
             return ExitCode.OK
-    left = submit(state_dir, request)
+    left = submit_retry(state_dir, request)
     who = f"pid {holder}" if holder > 0 else "just started"
     owner = left.stat().st_uid  # the state directory's: the daemon can read it
     ctx.print(

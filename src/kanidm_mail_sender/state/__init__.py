@@ -9,7 +9,7 @@ from kanidm_mail_sender.state.retries import (
     apply_retries,
     apply_retry,
     plan_retry,
-    submit,
+    submit_retry,
 )
 from kanidm_mail_sender.state.status import STATUS_FILE, publish, read_status
 from kanidm_mail_sender.state.view import HistoryRow, JournalView
@@ -31,5 +31,5 @@ __all__ = [
     "publish",
     "read_status",
     "settle_state_dir",
-    "submit",
+    "submit_retry",
 ]

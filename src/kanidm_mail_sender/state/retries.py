@@ -28,7 +28,7 @@ __all__ = [
     "apply_retry",
     "plan_retry",
     "prepare_requests",
-    "submit",
+    "submit_retry",
 ]
 
 log = get_logger(__name__)
@@ -112,7 +112,7 @@ def prepare_requests(state_dir: Path) -> None:
     (state_dir / REQUESTS).mkdir(mode=0o700, exist_ok=True)
 
 
-def submit(state_dir: Path, request: RetryRequest) -> Path:
+def submit_retry(state_dir: Path, request: RetryRequest) -> Path:
     """Leave ``request`` for the running daemon, readable by it: as root (``sudo``), the
     file (and a ``requests/`` made here) is given to the state directory's owner."""
     directory = state_dir / REQUESTS
