@@ -14,6 +14,8 @@ from tests.helpers import ROOT
 _PACKAGE = "kanidm_mail_sender"
 _ROOMS = ("core", "config", "state", "kanidm", "smtp", "engine", "runtime", "ops", "sandbox")
 _DOTTED = re.compile(rf"\b{_PACKAGE}(?:\.[A-Za-z_]\w*)+")
+# "from <package>.<module> import <name>" in a string (a script a test runs): the name exists.
+_FROM_IMPORT = re.compile(rf"from ({_PACKAGE}(?:\.\w+)*) import (\w+)")
 # `engine.sending`, `smtp.factory.make_auth`: a room's module named without the package.
 _RELATIVE = re.compile(rf"(?<![\w.])((?:{'|'.join(_ROOMS)})\.[a-z_]\w*(?:\.[A-Za-z_]\w*)*)")
 _PATH = re.compile(r"(?<![\w/.-])((?:src|tests|bench|examples|\.ci)/[\w./*-]*\w)")
@@ -67,6 +69,9 @@ def test_every_name_and_path_resolves() -> None:
             for dotted in _DOTTED.findall(line):
                 if not _resolves(dotted):
                     stale.append(f"{where}:{number}: {dotted}")
+            for module, name in _FROM_IMPORT.findall(line):
+                if not _resolves(f"{module}.{name}"):
+                    stale.append(f"{where}:{number}: {module} has no {name}")
             for span in _CODE_SPAN.findall(line) + ([line] if path.suffix == ".py" else []):
                 for relative in _RELATIVE.findall(span):
                     if _is_module(relative) and not _resolves(f"{_PACKAGE}.{relative}"):

@@ -87,7 +87,7 @@ def test_permission_error_text_as_the_service_user(tmp_path: Path) -> None:
     code = (  # everything imported before the privileges go: root's Python is not nobody's
         "import os\n"
         "from pathlib import Path\n"
-        "from kanidm_mail_sender.config.settings import read_regular_file\n"
+        "from kanidm_mail_sender.config.files import read_regular_file\n"
         "os.setgid(65534)\n"
         "os.setuid(65534)\n"
         f"read_regular_file(Path({str(secret)!r}))\n"

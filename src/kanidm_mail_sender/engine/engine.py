@@ -29,7 +29,7 @@ from kanidm_mail_sender.errors import MailSenderError, StateError
 from kanidm_mail_sender.logs import get_logger
 from kanidm_mail_sender.state.journal import Journal
 
-__all__ = ["CutOff", "Engine", "EngineSettings", "MailTransport", "MessageQueue"]
+__all__ = ["CutOff", "Engine", "EngineSettings", "MailTransport", "MessageQueue", "Tick"]
 
 log = get_logger(__name__)
 
@@ -44,6 +44,15 @@ class MessageQueue(Protocol):
     def ready(self) -> AsyncGenerator[Any, None]: ...
 
     async def mark_sent(self, message_id: UUID) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """What a poll tells the daemon's loop (uvicorn's ``on_tick``: the loop asks, the tick
+    answers): ``owed``, the send queue stayed full until the next fire time, so that fire
+    time is owed a poll at once."""
+
+    owed: bool
 
 
 @dataclass(frozen=True)
@@ -210,10 +219,11 @@ class Engine:
         self.metrics.stopping = True
         self.sending.wake()
 
-    async def poll(self, *, feed_seconds: float | None = None) -> None:
-        """One poll of the ready list (see :class:`Dispatcher`)."""
+    async def poll(self, *, feed_seconds: float | None = None) -> Tick:
+        """One poll of the ready list (see :class:`Dispatcher`); says what the loop owes."""
         await self._maybe_probe_relay()
         await self.dispatcher.poll(feed_seconds=feed_seconds)
+        return Tick(owed=self.dispatcher.overflowed > 0)
 
     async def _maybe_probe_relay(self) -> None:
         interval = self._settings.relay_probe_interval

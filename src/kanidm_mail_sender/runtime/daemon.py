@@ -11,7 +11,7 @@ from typing import Any
 
 from kanidm_mail_sender import __version__
 from kanidm_mail_sender.core.schedule import Schedule
-from kanidm_mail_sender.engine.engine import CANCEL_DEADLINE, CutOff, Engine, HealthView
+from kanidm_mail_sender.engine.engine import CANCEL_DEADLINE, CutOff, Engine, HealthView, Tick
 from kanidm_mail_sender.errors import ScheduleError
 from kanidm_mail_sender.logs import get_logger
 from kanidm_mail_sender.runtime.sdnotify import Notifier
@@ -49,18 +49,20 @@ def _seconds(delta: timedelta) -> float:
     return delta / timedelta(seconds=1)
 
 
-async def _poll(engine: Engine, ended: tuple[asyncio.Event, ...], feed: float | None) -> None:
-    """One poll, cut short by a stop or a fatal error."""
+async def _poll(
+    engine: Engine, ended: tuple[asyncio.Event, ...], feed: float | None
+) -> Tick | None:
+    """One poll, cut short by a stop or a fatal error (then None)."""
     poll = asyncio.create_task(engine.poll(feed_seconds=feed), name="poll")
     stopped = [asyncio.ensure_future(event.wait()) for event in ended]
     await asyncio.wait([poll, *stopped], return_when=asyncio.FIRST_COMPLETED)
     for waiter in stopped:
         waiter.cancel()
     if poll.done():
-        poll.result()  # a bug in a poll should surface, not vanish
-    else:
-        poll.cancel()
-        await asyncio.wait([poll], timeout=CANCEL_DEADLINE)
+        return poll.result()  # a bug in a poll should surface, not vanish
+    poll.cancel()
+    await asyncio.wait([poll], timeout=CANCEL_DEADLINE)
+    return None
 
 
 def snapshot(view: HealthView, *, started: float, running: bool) -> dict[str, Any]:
@@ -142,14 +144,10 @@ async def run_daemon(
             following = schedule.next_after(fire_at)
             feed = None if following is None else max(0.0, _seconds(following - now()))
             await apply_retries(journal)
-            await _poll(engine, ended, feed)
+            tick = await _poll(engine, ended, feed)
             published()
-            # A poll that fed until the next fire time owes that fire time a poll at once.
-            fire_at = (
-                following
-                if following is not None and engine.dispatcher.overflowed and following <= now()
-                else None
-            )
+            owed = tick is not None and tick.owed
+            fire_at = following if following is not None and owed and following <= now() else None
     finally:
         if watchdog is not None:
             watchdog.cancel()
