@@ -45,6 +45,7 @@ __all__ = ["SmtpRelay", "build_tls_context", "classify_smtp_error", "reply_error
 
 _HEALTH_CHECK_AFTER = 2.0  # seconds idle before a pooled connection is NOOP-checked
 _QUIT_TIMEOUT = 1.0  # a relay that does not answer QUIT must not delay our stop
+_HANG_UP_TIMEOUT = 0.5  # nor one that does not answer our TLS close
 
 
 def build_tls_context(ca_path: Path | None) -> ssl.SSLContext:
@@ -419,4 +420,4 @@ async def _quit(session: SmtpSession) -> None:
     with contextlib.suppress(SessionError, TimeoutError):
         async with asyncio.timeout(_QUIT_TIMEOUT):
             await session.send(b"QUIT\r\n", 1)
-    session.close()
+    await session.hang_up(_HANG_UP_TIMEOUT)

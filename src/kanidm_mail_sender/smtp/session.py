@@ -73,6 +73,7 @@ class SmtpSession(asyncio.Protocol):
         self._wanted = 0
         self._waiter: asyncio.Future[None] | None = None
         self._failure: SessionError | None = None
+        self._lost = asyncio.Event()  # the transport called connection_lost
 
     @classmethod
     def take_over(
@@ -144,6 +145,22 @@ class SmtpSession(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    async def hang_up(self, within: float) -> None:
+        """Close, and wait up to ``within`` seconds for the connection to be gone, then
+        abort it: a TLS close waits for the relay's close_notify, and a loop closed before
+        it comes leaks the socket (uvloop then refuses to close: EBUSY)."""
+        transport = self._transport
+        self.close()
+        if transport is None or self._lost.is_set():
+            return
+        try:
+            async with asyncio.timeout(within):
+                await self._lost.wait()
+        except TimeoutError:
+            abort = getattr(transport, "abort", None)  # uvloop's TLS transport has it too
+            if callable(abort):
+                abort()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.WriteTransport, transport)
 
@@ -151,6 +168,7 @@ class SmtpSession(asyncio.Protocol):
         reason = f": {exc}" if exc is not None else ""
         self._fail(SessionClosed(f"the relay closed the connection{reason}"))
         self._transport = None
+        self._lost.set()
 
     def eof_received(self) -> bool:
         self._fail(SessionClosed("the relay closed the connection"))
