@@ -18,7 +18,8 @@ from kanidm_mail_sender.core.queueid import relay_queue_id
 from kanidm_mail_sender.core.states import DestinationState
 from kanidm_mail_sender.errors import RetryRefused
 from kanidm_mail_sender.exitcodes import ExitCode
-from kanidm_mail_sender.ops.commands import Context, run_command
+from kanidm_mail_sender.ops.commands import run_command
+from kanidm_mail_sender.ops.context import Context
 from kanidm_mail_sender.ops.durations import parse_since
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
