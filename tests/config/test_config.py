@@ -69,7 +69,15 @@ def test_defaults_match_upstream(tmp_path: Path) -> None:
         ({"mail_relay": "smtp://relay:99999"}, "mail_relay", "port"),
         ({"mail_from_address": "not-an-address"}, "mail_from_address", "local-part@domain"),
         ({"mail_reply_to_address": "a@-bad-.com"}, "mail_reply_to_address", "host name"),
-        ({"instance_display_name": "Evil\r\nBcc: x@y.z"}, "instance_display_name", "line breaks"),
+        ({"instance_display_name": "Evil\r\nBcc: x@y.z"}, "instance_display_name", "U+000D"),
+        ({"instance_display_name": "Evil\u2028Bcc"}, "instance_display_name", "LINE SEPARATOR"),
+        ({"instance_display_name": "Evil\x85Bcc"}, "instance_display_name", "U+0085"),
+        ({"instance_display_name": "Evil\u2029"}, "instance_display_name", "PARAGRAPH"),
+        ({"instance_display_name": "Evil\x1b[2J"}, "instance_display_name", "U+001B"),
+        ({"mail_helo_name": "mx\x00"}, "mail_helo_name", "U+0000"),
+        ({"instance_url": "https://idm.example.com:99999/"}, "instance_url", "1-65535"),
+        ({"instance_url": "https://idm.example.com:0/"}, "instance_url", "1-65535"),
+        ({"state_dir": "state"}, "state_dir", "absolute path"),
         ({"schedule": "* * * * *"}, "schedule", "5 fields"),
         ({"schedule": "0 0 0 * * 0"}, "schedule", "outside day of week"),
         ({"mail_connect_timeout_seconds": 0}, "mail_connect_timeout_seconds", "greater"),
@@ -90,6 +98,35 @@ def test_invalid_values_name_file_key_and_problem(
     assert str(path) in message
     assert f"key '{key}'" in message
     assert fragment in message
+
+
+@pytest.mark.parametrize(
+    "pasted",
+    [
+        "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJtYWlsIn0.c2lnbmF0dXJl",  # a token
+        "3f8a9c2b7d1e4f6a8b0c2d4e6f8a0b1c",  # hex
+        "AKIAIOSFODNN7EXAMPLEwJalrXUtnFEMI/K7MDENG",  # a cloud key pair pasted together
+    ],
+)
+@pytest.mark.parametrize("key", ["mail_from_address", "mail_reply_to_address", "instance_url"])
+def test_a_secret_pasted_into_the_wrong_key_is_not_quoted(
+    tmp_path: Path, pasted: str, key: str
+) -> None:
+    path = write(tmp_path, with_(**{key: pasted}))
+    with pytest.raises(ConfigError) as caught:
+        load_mail_config(path, environ={})
+    message = str(caught.value)
+    assert f"key '{key}'" in message
+    assert pasted not in message
+    assert pasted[:12] not in message
+
+
+def test_a_long_refused_value_is_quoted_short(tmp_path: Path) -> None:
+    value = "not an address " * 20
+    with pytest.raises(ConfigError) as caught:
+        load_mail_config(write(tmp_path, with_(mail_from_address=value)), environ={})
+    assert value not in str(caught.value)
+    assert len(str(caught.value)) < 400
 
 
 def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ the key, what is wrong and what to do."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +42,37 @@ _HINTS = {
 }
 
 
+# A run that could be a pasted token or key: long base64, base64url or hex.
+_TOKEN_LIKE = re.compile(r"[A-Za-z0-9+/_.=-]{24,}")
+
+
 def _explain(path: Path, error: ValidationError) -> ConfigError:
     lines = []
     for item in error.errors(include_url=False):
         key = ".".join(str(p) for p in item["loc"]) or "(file)"
         message = "is missing" if item["type"] == "missing" else item["msg"]
-        message = message.removeprefix("Value error, ")
+        message = _unquoted(message.removeprefix("Value error, "), item.get("input"))
         hint = _HINTS.get(item["type"], "fix the value and start again")
         lines.append(f"{path}: key '{key}': {message}; {hint}")
     return ConfigError("\n".join(lines))
+
+
+def _unquoted(message: str, value: object) -> str:
+    """``message`` without the refused value where it could be a secret pasted into the wrong
+    key (a token in ``mail_from_address``): the error goes to the console and the logs. Any
+    other value is quoted at most 40 characters long."""
+    if not isinstance(value, str) or not value:
+        return message
+    shown = [repr(value), value]
+    if _TOKEN_LIKE.search(value):
+        replacement = "the value (not shown: it looks like a token or key)"
+    elif len(value) > 40:
+        replacement = repr(value[:40] + "…")
+    else:
+        return message
+    for form in shown:
+        message = message.replace(form, replacement)
+    return message
 
 
 _RESET_LINK_LIFE = 3600.0  # Kanidm's default credential-reset link lifetime

@@ -4,6 +4,7 @@ defaults they start from. Reading and loading the files is ``config.loading``'s.
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
 from urllib.parse import urlsplit
@@ -57,6 +58,17 @@ def _parse_relay(value: object) -> object:
 
 def _parse_listen(value: object) -> object:
     return split_listen(value) if isinstance(value, str) else value
+
+
+def _header_safe(value: str) -> None:
+    """Refuse what mail clients disagree on in a header: every C0 and C1 control (CR, LF,
+    NUL, U+0085 NEXT LINE among them) and the Unicode line and paragraph separators."""
+    for char in value:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            raise ValueError(
+                f"contains U+{ord(char):04X} ({unicodedata.name(char, 'a control character')}); "
+                "it goes into mail headers, where line breaks and controls are refused"
+            )
 
 
 class MailSenderConfig(BaseModel):
@@ -121,10 +133,18 @@ class MailSenderConfig(BaseModel):
     @field_validator("instance_display_name")
     @classmethod
     def _display_name(cls, value: str) -> str:
-        if any(c in value for c in "\r\n\0"):
-            raise ValueError("must not contain line breaks; it is used in mail headers")
+        _header_safe(value)
         if not value.strip():
             raise ValueError("must not be empty")
+        return value
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute_state_dir(cls, value: Path | None) -> Path | None:
+        # Relative to what? The daemon's working directory is not the operator's shell's;
+        # the commands beside it would look elsewhere.
+        if value is not None and not value.is_absolute():
+            raise ValueError(f"{str(value)!r} is relative; write the absolute path")
         return value
 
     @field_validator("mail_from_address", "mail_reply_to_address")
@@ -135,8 +155,10 @@ class MailSenderConfig(BaseModel):
     @field_validator("mail_helo_name")
     @classmethod
     def _helo(cls, value: str | None) -> str | None:
-        if value is not None and (not value or any(c.isspace() for c in value)):
-            raise ValueError("must be a host name without spaces")
+        if value is not None:
+            _header_safe(value)
+            if not value or any(c.isspace() for c in value):
+                raise ValueError("must be a host name without spaces")
         return value
 
     @field_validator("mail_rate_limit", mode="before")

@@ -20,6 +20,12 @@ class InstanceUrl(str):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an absolute URL such as https://idm.example.com")
+        try:
+            port = parts.port  # urlsplit checks the range only when asked
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ValueError("has a port outside 1-65535; reset links would carry it")
         self = super().__new__(cls, value)
         self.scheme, self.netloc = parts.scheme, parts.netloc
         self.query, self.fragment = parts.query, parts.fragment
