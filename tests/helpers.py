@@ -25,11 +25,13 @@ from kanidm_mail_sender.core.mail import Envelope, MailIdentity, build_message
 from kanidm_mail_sender.core.messages import TestMessageV1
 from kanidm_mail_sender.core.render import Renderer
 from kanidm_mail_sender.engine import Engine, EngineSettings
+from kanidm_mail_sender.errors import StateError
 from kanidm_mail_sender.kanidm import KanidmClient, make_kanidm
 from kanidm_mail_sender.runtime.wiring import build_engine, renderer_for
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
 from kanidm_mail_sender.smtp import SmtpRelay, make_relay
 from kanidm_mail_sender.state import Journal, JournalView
+from kanidm_mail_sender.state.view import HistoryRow
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout
 TOKEN = "test-token-abc.def.ghi"
@@ -202,3 +204,16 @@ def envelope(to: str = "rcpt@example.com") -> Envelope:
         message_id=message_id,
         date=datetime.now(UTC),
     )
+
+
+def journalled(state_dir: Path) -> list[HistoryRow]:
+    """What a running daemon's journal holds now, read as the operator commands read it;
+    nothing while the daemon has not yet made it."""
+    try:
+        view = JournalView(state_dir)
+    except StateError:
+        return []
+    try:
+        return view.rows()
+    finally:
+        view.close()

@@ -13,8 +13,7 @@ from kanidm_mail_sender.core.states import DEFERRED, REJECTED
 from kanidm_mail_sender.exitcodes import ExitCode
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
-from kanidm_mail_sender.state.view import JournalView
-from tests.helpers import run, start, stop, wait_for
+from tests.helpers import journalled, run, start, stop, wait_for
 
 INTENT = "Zk4p9x+2hzat/vqe7c"  # with characters that URL quoting changes
 
@@ -39,18 +38,10 @@ async def test_a_quoted_reset_link_is_kept_nowhere(
     state_dir = tmp_path / "config" / "state"
     daemon = await start(daemon_command(client, mail))
 
-    def both_journalled() -> bool:
-        try:
-            view = JournalView(state_dir)
-        except Exception:
-            return False
-        try:
-            return {row.state for row in view.rows()} == {REJECTED, DEFERRED}
-        finally:
-            view.close()
-
     try:
-        await wait_for(both_journalled, timeout=20)
+        await wait_for(
+            lambda: {row.state for row in journalled(state_dir)} == {REJECTED, DEFERRED}, 20
+        )
         await asyncio.sleep(0.3)  # the status file after the poll
         outputs = []
         for command in (

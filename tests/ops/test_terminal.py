@@ -12,8 +12,7 @@ from kanidm_mail_sender.core.states import DEFERRED, REJECTED
 from kanidm_mail_sender.exitcodes import ExitCode
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
-from kanidm_mail_sender.state.view import JournalView
-from tests.helpers import run, start, stop, wait_for
+from tests.helpers import journalled, run, start, stop, wait_for
 
 # ESC sequences that retitle the window, clear the screen, write the clipboard (OSC 52);
 # BEL, a C1 CSI, a right-to-left override.
@@ -37,18 +36,8 @@ async def test_no_table_prints_a_control_character_raw(
     state_dir = tmp_path / "config" / "state"
     daemon = await start(daemon_command(client, mail))
 
-    def journalled() -> bool:
-        try:
-            view = JournalView(state_dir)
-        except Exception:
-            return False
-        try:
-            return len(view.rows()) == 3
-        finally:
-            view.close()
-
     try:
-        await wait_for(journalled, timeout=20)
+        await wait_for(lambda: len(journalled(state_dir)) == 3, timeout=20)
         outputs: dict[str, str] = {}
         for args in (
             ["queue"],
