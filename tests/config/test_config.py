@@ -129,6 +129,22 @@ def test_a_long_refused_value_is_quoted_short(tmp_path: Path) -> None:
     assert len(str(caught.value)) < 400
 
 
+@pytest.mark.parametrize(
+    ("missing", "written"),
+    [("mail_relay", "mail_relay_url"), ("token", "tokn"), ("mail_from_address", "mail_from")],
+)
+def test_a_misspelt_required_key_is_named_as_the_likely_typo(
+    tmp_path: Path, missing: str, written: str
+) -> None:
+    data = with_()
+    data[written] = data.pop(missing)
+    with pytest.raises(ConfigError) as caught:
+        load_mail_config(write(tmp_path, data), environ={})
+    message = str(caught.value)
+    assert f"{tmp_path / 'mail-sender'}: key '{missing}': is missing" in message
+    assert f"the file has '{written}'" in message
+
+
 def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "mail-sender"
     path.write_text('token = "unterminated\n')

@@ -309,6 +309,10 @@ async def test_retry_of_an_accepted_destination_needs_resend_and_a_queued_messag
     code, out, _ = await scene.cli("retry", alice, "alice@example.com", "--resend")
     assert code == ExitCode.NOT_DONE
     assert "marked sent" in out  # Kanidm will never list it again
+    # --offline cannot skip the guard: without Kanidm's word, no resend.
+    code, out, _ = await scene.cli("retry", alice, "alice@example.com", "--resend", "--offline")
+    assert code == ExitCode.NOT_DONE
+    assert "without --offline" in out
     code, out, _ = await scene.cli("retry", str(scene.ids["dave"]))
     assert code == ExitCode.NOT_DONE
     assert "expired" in out

@@ -6,9 +6,10 @@ the key, what is wrong and what to do."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -46,13 +47,21 @@ _HINTS = {
 _TOKEN_LIKE = re.compile(r"[A-Za-z0-9+/_.=-]{24,}")
 
 
-def _explain(path: Path, error: ValidationError) -> ConfigError:
+def _explain(
+    path: Path, error: ValidationError, given: Iterable[str] = (), known: Iterable[str] = ()
+) -> ConfigError:
+    """One line per problem, naming file and key; a missing key that an unknown key of the
+    file resembles names it as the likely typo (``mail_relay_url`` for ``mail_relay``)."""
+    unknown = sorted(set(given) - set(known))
     lines = []
     for item in error.errors(include_url=False):
         key = ".".join(str(p) for p in item["loc"]) or "(file)"
         message = "is missing" if item["type"] == "missing" else item["msg"]
         message = _unquoted(message.removeprefix("Value error, "), item.get("input"))
         hint = _HINTS.get(item["type"], "fix the value and start again")
+        typo = difflib.get_close_matches(key, unknown, n=1, cutoff=0.6)
+        if item["type"] == "missing" and typo:
+            hint = f"the file has '{typo[0]}', which this version does not know: a typo?"
         lines.append(f"{path}: key '{key}': {message}; {hint}")
     return ConfigError("\n".join(lines))
 
@@ -88,7 +97,7 @@ def load_mail_config(
     try:
         config = MailSenderConfig.model_validate(data)
     except ValidationError as exc:
-        raise _explain(path, exc) from None
+        raise _explain(path, exc, data, MailSenderConfig.model_fields) from None
     warnings = exposed + [
         f"{path}: unknown key '{key}' is ignored; check its spelling"
         for key in (config.model_extra or {})

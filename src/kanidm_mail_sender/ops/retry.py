@@ -34,7 +34,14 @@ async def retry(ctx: Context, request: RetryRequest) -> int:
         view.close()
     try:
         due = plan_retry(states, request.destination, request.resend)
-        if any(states[d].state == ACCEPTED for d in due) and not ctx.offline:
+        if any(states[d].state == ACCEPTED for d in due):
+            if ctx.offline:
+                # The guard is Kanidm's word that the message is still ready: a resend of a
+                # message marked sent would mail a link Kanidm may have replaced.
+                raise RetryRefused(
+                    "a resend of an accepted destination needs Kanidm to say the message is "
+                    "still ready; run it without --offline"
+                )
             await _still_queued(configs, request.message_id)
     except RetryRefused as exc:
         print(f"refused: {request.message_id}: {printable(str(exc))}", file=ctx.out, flush=True)
