@@ -356,3 +356,16 @@ async def test_status_without_a_daemon_and_retry_applied_directly(
         process.terminate()
         await asyncio.wait_for(process.wait(), 15)
     assert [m.rcpt_tos for m in relay.mails] == [["erin@example.com"]]
+
+
+async def test_commands_show_config_warnings_apart_from_their_output(
+    config_files: Callable[..., tuple[Path, Path]], daemon_command: Command
+) -> None:
+    """A world-readable file of secrets is warned about as the daemon would, on stderr, and
+    the JSON on stdout stays JSON."""
+    client, mail = config_files()
+    mail.chmod(0o644)
+    code, out, err = await run(daemon_command(client, mail, "status", "--offline", "--json"))
+    assert code in (ExitCode.OK, ExitCode.FATAL)  # no daemon runs here
+    assert f"warning: {mail}: holds secrets but is readable by all users" in err
+    assert isinstance(json.loads(out), dict)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,12 +30,16 @@ class Context:
     as_json: bool = False
     offline: bool = False
     clock: Callable[[], float] = time.time
+    err: TextIO = field(default_factory=lambda: sys.stderr)
 
     def configs(self) -> Configs:
-        """Both configs (their warnings are the daemon's business, not shown here)."""
-        configs, _ = load_configs(
+        """Both configs; their warnings (a world-readable secret, a typo) go to ``err`` as
+        the daemon would log them, never into the table or the JSON."""
+        configs, warnings = load_configs(
             self.client_config, self.mail_config, environ=self.environ, ids=Identity.current()
         )
+        for warning in warnings:
+            print(f"warning: {printable(warning)}", file=self.err, flush=True)
         return configs
 
     def print(self, data: Any, table: str) -> None:
