@@ -172,6 +172,32 @@ async def test_second_instance_on_one_state_dir_exits(
     assert code == ExitCode.OK
 
 
+async def test_a_journal_that_cannot_be_written_while_running_exits_1(
+    config_files: ConfigFiles,
+    daemon_command: Command,
+    kanidm: KanidmStandIn,
+    tmp_path: Path,
+) -> None:
+    """The same fault gives the same code: a failed journal write at run time is fatal (1,
+    what README's table and the hard stop say), not a state directory unusable at start (6)."""
+    client, mail = config_files()
+    daemon = await start(daemon_command(client, mail))
+    journal = tmp_path / "config" / "state" / "journal.sqlite3"
+    await wait_for(lambda: kanidm.list_calls > 0)
+    # A real refusal from SQLite itself, as a full disk or a broken file would give one.
+    with sqlite3.connect(journal) as db:
+        for event in ("INSERT", "UPDATE"):
+            db.execute(
+                f"CREATE TRIGGER refuse_{event.lower()} BEFORE {event} ON delivery "
+                "BEGIN SELECT RAISE(ABORT, 'the disk is gone'); END"
+            )
+    db.close()
+    kanidm.queue_test_message("alice@example.com")
+    _, err = await asyncio.wait_for(daemon.communicate(), 30)
+    assert daemon.returncode == ExitCode.FATAL, err.decode()
+    assert "writing the delivery journal failed" in err.decode()
+
+
 async def test_kill_9_between_acceptance_and_mark_does_not_resend(
     config_files: ConfigFiles,
     daemon_command: Command,

@@ -41,6 +41,7 @@ from kanidm_mail_sender.core import ACCEPTED, DEFERRED, EXPIRED, REJECTED
 from kanidm_mail_sender.core.messages import TEMPLATE_KINDS
 from kanidm_mail_sender.errors import (
     ConfigError,
+    JournalFailed,
     MailSenderError,
     PreflightError,
     RelayError,
@@ -292,21 +293,24 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             _run(run_main(configs, environ=env, hard_exit=hard_exit))
         finally:
             hard_exit.disarm()
-    except PreflightError as exc:
-        log.error("preflight.refused", error=str(exc))
-        return ExitCode.ROOT
-    except ConfigError as exc:
-        log.error("config.invalid", error=str(exc))
-        return ExitCode.CONFIG
-    except StateError as exc:
-        log.error("state.unusable", error=str(exc))
-        return ExitCode.STATE
     except MailSenderError as exc:
-        log.error("daemon.failed", error=str(exc))
-        return ExitCode.FATAL
+        event, code = next((e, c) for kind, e, c in _EXITS if isinstance(exc, kind))
+        log.error(event, error=str(exc))
+        return code
     except KeyboardInterrupt:
         return ExitCode.OK
     return ExitCode.OK
+
+
+# Which exit code each of our errors ends the process with, most specific first (one code per
+# cause, from every path, as README's table says).
+_EXITS: tuple[tuple[type[MailSenderError], str, ExitCode], ...] = (
+    (PreflightError, "preflight.refused", ExitCode.ROOT),
+    (ConfigError, "config.invalid", ExitCode.CONFIG),
+    (JournalFailed, "daemon.failed", ExitCode.FATAL),  # as the hard stop after it gives
+    (StateError, "state.unusable", ExitCode.STATE),
+    (MailSenderError, "daemon.failed", ExitCode.FATAL),
+)
 
 
 def _test_mode(configs: Configs, address: str) -> int:

@@ -9,7 +9,8 @@ MailSenderError
 ├── PlatformUnsupported                this Python cannot run the daemon correctly
 ├── RetryRefused                       an operator's retry does not apply (accepted, expired)
 ├── StateError                         the state directory or its journal cannot be used
-│   └── AlreadyRunning                 another instance holds the state directory lock
+│   ├── AlreadyRunning                 another instance holds the state directory lock
+│   └── JournalFailed                  a write to the journal failed while running: fatal
 ├── KanidmError                        talking to Kanidm failed
 │   ├── KanidmUnavailable(ConnectionError)   network problem or timeout: retry later
 │   ├── KanidmAuthError                      401/403: the token cannot do this; fatal
@@ -37,6 +38,7 @@ __all__ = [
     "ConfigError",
     "DeliveryDeferred",
     "DeliveryRejected",
+    "JournalFailed",
     "KanidmAuthError",
     "KanidmError",
     "KanidmNotFound",
@@ -98,6 +100,11 @@ class StateError(MailSenderError):
 
 class AlreadyRunning(StateError):
     """Another instance already holds the lock on the state directory."""
+
+
+class JournalFailed(StateError):
+    """Writing the journal failed while the daemon ran: a fatal run-time error (exit 1, as
+    when the stop after it overruns), not a state directory unusable at start (exit 6)."""
 
 
 class KanidmError(MailSenderError):

@@ -19,7 +19,7 @@ from typing import Any
 from uuid import UUID
 
 from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, REJECTED, DestinationState, storable
-from kanidm_mail_sender.errors import AlreadyRunning, StateError
+from kanidm_mail_sender.errors import AlreadyRunning, JournalFailed, StateError
 from kanidm_mail_sender.logs import get_logger
 
 __all__ = ["RETENTION_SECONDS", "STATES_BATCH", "Journal"]
@@ -244,7 +244,7 @@ class Journal:
                         continue
                     if index in failures:
                         waiter.set_exception(
-                            StateError(
+                            JournalFailed(
                                 f"{self.path}: writing the delivery journal failed "
                                 f"({failures[index]}); stopping, since without it a mail could "
                                 "be sent twice"
@@ -255,7 +255,7 @@ class Journal:
                 batch, waiters = [], []
         except BaseException as exc:
             # Nothing may be left waiting for a writer that is gone.
-            error = StateError(f"{self.path}: the journal writer failed ({exc!r})")
+            error = JournalFailed(f"{self.path}: the journal writer failed ({exc!r})")
             for waiter in [*waiters, *self._waiters]:
                 if not waiter.done():
                     waiter.set_exception(error)
