@@ -267,6 +267,55 @@ async def test_check_reports_bad_token_and_bad_relay_password(
     assert "wrong-token" not in out
 
 
+@pytest.mark.parametrize(
+    ("break_it", "code", "fail_line"),
+    [
+        (lambda client, mail: mail.unlink(), ExitCode.CONFIG, "FAIL configuration:"),
+        (
+            lambda client, mail: client.write_text(
+                'uri = "https://127.0.0.1:1"\nca_path = "/no/ca"\n'
+            ),
+            ExitCode.CONFIG,
+            "FAIL kanidm:",
+        ),
+        (
+            lambda client, mail: mail.write_text(
+                mail.read_text().replace("mail_ca_path = ", 'mail_ca_path = "/no/ca"\n#')
+            ),
+            ExitCode.CONFIG,
+            "FAIL relay:",
+        ),
+    ],
+    ids=["missing-config", "bad-ca_path", "bad-mail_ca_path"],
+)
+async def test_check_fails_as_a_start_would_with_a_fail_line(
+    config_files: ConfigFiles,
+    daemon_command: Command,
+    break_it: Callable[[Path, Path], object],
+    code: ExitCode,
+    fail_line: str,
+) -> None:
+    """--check gives the exit code a normal start gives for the same fault, and says it."""
+    client, mail = config_files()
+    break_it(client, mail)
+    got, out, err = await in_process(daemon_command(client, mail, "--check"))
+    assert got == code, out + err
+    assert fail_line in out
+    assert "Traceback" not in out + err
+
+
+async def test_check_as_root_refuses_as_the_daemon_does(
+    config_files: ConfigFiles, daemon_command: Command
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the root check needs root")
+    client, mail = config_files()
+    command = [arg for arg in daemon_command(client, mail, "--check") if arg != "--skip-root-check"]
+    code, out, _ = await in_process(command)
+    assert code == ExitCode.ROOT
+    assert "FAIL user: refusing to run as root" in out
+
+
 async def test_a_metrics_port_that_cannot_be_bound_exits_3_in_one_line(
     config_files: ConfigFiles, daemon_command: Command
 ) -> None:

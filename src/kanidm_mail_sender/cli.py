@@ -253,16 +253,17 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.check:
             from kanidm_mail_sender.ops.oneshot import run_check
 
-            ok = _run(
+            # The exit code a normal start would give for the first failure.
+            return _run(
                 run_check(
                     args.client_config,
                     args.mail_sender_config,
                     environ=env,
                     ids=ids,
                     out=sys.stdout,
+                    skip_root_check=args.skip_root_check,
                 )
             )
-            return ExitCode.OK if ok else ExitCode.NOT_DONE
         if args.render is None:
             for warning in check_not_root(ids, skip=args.skip_root_check):
                 log.warning("preflight.root", detail=warning)

@@ -13,6 +13,7 @@ from kanidm_mail_sender.config import (
     Configs,
     Identity,
     MailSenderConfig,
+    check_not_root,
     load_configs,
     resolve_state_dir,
     state_dir_named,
@@ -21,7 +22,8 @@ from kanidm_mail_sender.core.addresses import check_address
 from kanidm_mail_sender.core.mail import MailIdentity, build_message
 from kanidm_mail_sender.core.messages import TestMessageV1
 from kanidm_mail_sender.core.render import SAMPLE_MESSAGE_ID, Renderer, sample_template
-from kanidm_mail_sender.errors import MailSenderError, RelayError
+from kanidm_mail_sender.errors import ConfigError, MailSenderError, PreflightError, RelayError
+from kanidm_mail_sender.exitcodes import ExitCode
 from kanidm_mail_sender.kanidm import make_kanidm
 from kanidm_mail_sender.smtp import XOAuth2Auth, make_relay
 from kanidm_mail_sender.state.place import ephemeral_dir, writable
@@ -91,21 +93,36 @@ def render_preview(config: MailSenderConfig, kind: str) -> bytes:
 
 
 async def run_check(
-    client_path: Path, mail_path: Path, *, environ: Mapping[str, str], ids: Identity, out: TextIO
-) -> bool:
-    """Check everything a first real send depends on; prints one line per check."""
-    ok = True
+    client_path: Path,
+    mail_path: Path,
+    *,
+    environ: Mapping[str, str],
+    ids: Identity,
+    out: TextIO,
+    skip_root_check: bool = False,
+) -> ExitCode:
+    """Check everything a first real send depends on; prints one line per check. Returns
+    the exit code a normal start would give for the first failure (OK when none)."""
+    failed: list[ExitCode] = []
 
-    def line(status: str, what: str, detail: str) -> None:
-        nonlocal ok
-        ok = ok and status != "FAIL"
+    def line(status: str, what: str, detail: str, code: ExitCode = ExitCode.NOT_DONE) -> None:
+        if status == "FAIL":
+            failed.append(code)
         print(f"{status:<4} {what}: {detail}", file=out, flush=True)
 
+    def verdict() -> ExitCode:
+        return failed[0] if failed else ExitCode.OK
+
+    try:
+        for warning in check_not_root(ids, skip=skip_root_check):
+            line("warn", "user", warning)
+    except PreflightError as exc:
+        line("FAIL", "user", str(exc), ExitCode.ROOT)
     try:
         configs, warnings = load_configs(client_path, mail_path, environ=environ, ids=ids)
     except MailSenderError as exc:
-        line("FAIL", "configuration", str(exc))
-        return False
+        line("FAIL", "configuration", str(exc), ExitCode.CONFIG)
+        return verdict()
     line("ok", "configuration", f"{client_path} and {mail_path} are valid")
     for warning in warnings:
         line("warn", "configuration", warning)
@@ -118,7 +135,7 @@ async def run_check(
         try:
             check()
         except MailSenderError as exc:
-            line("FAIL", name, str(exc))
+            line("FAIL", name, str(exc), ExitCode.CONFIG)
         else:
             line("ok", name, "valid")
     state_dir = resolve_state_dir(config, environ)
@@ -133,8 +150,19 @@ async def run_check(
             "a volume there or set state_dir to keep it",
         )
     else:
-        line("FAIL", "state directory", f"{state_dir} is not writable by this user")
-    kanidm = make_kanidm(configs)
+        line("FAIL", "state directory", f"{state_dir} is not writable by this user", ExitCode.STATE)
+    await _check_kanidm(configs, line)
+    await _check_relay(config, line)
+    return verdict()
+
+
+async def _check_kanidm(configs: Configs, line: Callable[..., None]) -> None:
+    """The token against Kanidm's queue (a bad ca_path is a configuration failure)."""
+    try:
+        kanidm = make_kanidm(configs)
+    except ConfigError as exc:
+        line("FAIL", "kanidm", str(exc), ExitCode.CONFIG)
+        return
     try:
         count = await kanidm.count_ready()
     except MailSenderError as exc:
@@ -150,16 +178,18 @@ async def run_check(
             )
     finally:
         await kanidm.aclose()
-    await _check_relay(config, line)
-    return ok
 
 
-async def _check_relay(config: MailSenderConfig, line: Callable[[str, str, str], None]) -> None:
+async def _check_relay(config: MailSenderConfig, line: Callable[..., None]) -> None:
     """Token (for XOAUTH2), TLS and AUTH with the relay, then the sending limits."""
     limits = config.mail_rate_limit
     if limits:
         line("ok", "rate limit", ", ".join(str(rate) for rate in limits) + " across connections")
-    relay = make_relay(config)
+    try:
+        relay = make_relay(config)
+    except ConfigError as exc:  # an unreadable mail_ca_path, say
+        line("FAIL", "relay", f"{config.relay.describe()}: {exc}", ExitCode.CONFIG)
+        return
     try:
         if isinstance(relay.auth, XOAuth2Auth):
             settings = relay.auth.tokens.settings
