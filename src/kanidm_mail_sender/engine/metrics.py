@@ -142,6 +142,7 @@ class Metrics:
             "active sender).",
             registry=r,
         )
+        self._relay_shown: tuple[str | None, bool, int] | None = None
         self.poll_ok = False
         self.relay_ok_at: float | None = None
         self.relay_paused = False
@@ -149,7 +150,12 @@ class Metrics:
         self.stopping = False  # stopping or fatal: both probes answer 503
 
     def relay_state(self, *, paused_on: str | None, throttled: bool, concurrency: int) -> None:
-        """The relay's state after a send ended: the open pause's cause, if any."""
+        """The relay's state after a send ended: the open pause's cause, if any. Called for
+        every send; the gauges are written only when the state changed."""
+        state = (paused_on, throttled, concurrency)
+        if state == self._relay_shown:
+            return
+        self._relay_shown = state
         for cause in PAUSE_CAUSES:
             self.pause_cause.labels(cause=cause).set(1 if cause == paused_on else 0)
         self.relay_throttled.set(1 if throttled else 0)

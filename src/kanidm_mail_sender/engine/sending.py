@@ -225,6 +225,7 @@ class SendStage:
         """True: accepted (its journal commit appended to ``commits``); False: failed for
         this destination; None: stop here."""
         ids = {"message_id": str(message.id), "destination": destination}
+        secrets = _secrets_of(message)
         not_after = expires_at(message)
         free, accepted_before = 0, self._accepted
         while True:
@@ -248,7 +249,7 @@ class SendStage:
                     ids,
                     started,
                     (free, self._accepted - accepted_before),
-                    _secrets_of(message),
+                    secrets,
                 )
                 if then is Next.RETRY:
                     free += 1
@@ -266,7 +267,7 @@ class SendStage:
                     ACCEPTED,
                     now=self._clock(),
                     attempts=attempts,
-                    reply=_without(receipt.reply, _secrets_of(message))[:500],
+                    reply=_without(receipt.reply, secrets)[:500],
                 )
             )
             self._metrics.delivered.inc()
