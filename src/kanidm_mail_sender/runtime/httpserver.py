@@ -217,7 +217,6 @@ class HttpServer:
             pass
         finally:
             self._tasks.discard(task)
-            self._waiting.pop(task, None)
             if clean:
                 await self._close(writer)
             else:  # a peer that stalls or breaks gets no graceful close to stall again

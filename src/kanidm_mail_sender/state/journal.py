@@ -124,10 +124,11 @@ class Journal:
             self._writer = _connect(self.path)
             self._writer.executescript(_SCHEMA)
             self._reader = _connect(self.path)
-        except (sqlite3.Error, StateError) as exc:
+        except StateError:
             os.close(self._lock_fd)
-            if isinstance(exc, StateError):
-                raise
+            raise
+        except sqlite3.Error as exc:
+            os.close(self._lock_fd)
             raise StateError(f"{self.path}: cannot open the delivery journal ({exc})") from None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._pending: list[tuple[Any, ...]] = []
