@@ -62,16 +62,18 @@ class Timestamp:
         return event_dict
 
 
-_BARE = re.compile(r'[^\s"=\\\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]+')
 # Left raw by json.dumps(ensure_ascii=False), yet able to forge or hide text on a terminal:
-# DEL, C1 controls, line separators, zero-width and bidirectional overrides.
-_UNSAFE = re.compile("[\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+# DEL, C1 controls, line separators, zero-width and bidirectional overrides. One range for
+# the log renderer and for the operator commands' tables.
+_HIDDEN = "\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069"
+_BARE = re.compile(rf'[^\s"=\\\x00-\x1f{_HIDDEN}]+')
+_UNSAFE = re.compile(f"[{_HIDDEN}]")
 
 
 # For a terminal: every C0 control but the line break, DEL, C1, and the same invisible and
 # bidirectional characters. ESC, BEL and C1 start sequences that retitle a window, clear the
 # screen, hide rows or (OSC 52) write the clipboard.
-_TERMINAL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+_TERMINAL = re.compile(f"[\x00-\x09\x0b-\x1f{_HIDDEN}]")
 
 
 def printable(text: str, *, newlines: bool = False) -> str:
