@@ -107,9 +107,9 @@ async def run_main(
     journal = Journal(place.path)
     try:
         prepare_requests(place.path)
-    except OSError as exc:
+    except StateError:
         journal.close()
-        raise StateError(f"{place.path}: cannot create requests/ ({exc.strerror})") from None
+        raise
     metrics = Metrics()
     kanidm = make_kanidm(configs)
     relay = make_relay(config)

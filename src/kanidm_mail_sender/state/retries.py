@@ -109,7 +109,10 @@ async def apply_retry(journal: Journal, request: RetryRequest, now: float) -> li
 def prepare_requests(state_dir: Path) -> None:
     """Create ``requests/`` at the daemon's start, so that it is the daemon's own (an
     operator's ``sudo ... retry`` would otherwise create it as root, unreadable to it)."""
-    (state_dir / REQUESTS).mkdir(mode=0o700, exist_ok=True)
+    try:
+        (state_dir / REQUESTS).mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"{state_dir}: cannot create {REQUESTS}/ ({exc.strerror})") from None
 
 
 def submit_retry(state_dir: Path, request: RetryRequest) -> Path:
