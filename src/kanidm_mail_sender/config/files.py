@@ -57,6 +57,7 @@ def read_regular_file(path: Path, what: str = "") -> bytes:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML table in the config file at ``path`` (refused as ``read_regular_file`` does)."""
     raw = read_regular_file(path)
     try:
         return tomllib.loads(raw.decode("utf-8"))

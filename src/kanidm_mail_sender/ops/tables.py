@@ -27,12 +27,14 @@ __all__ = [
 
 
 def when(moment: float | None) -> str:
+    """A Unix time as UTC to the second, or ``-``."""
     if moment is None:
         return "-"
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def age(seconds: float) -> str:
+    """A duration as its two largest units (``1h5m``, ``42s``)."""
     whole = max(0, int(seconds))
     for size, unit, smaller, rest in (
         (86400, "d", 3600, "h"),
@@ -45,6 +47,7 @@ def age(seconds: float) -> str:
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Aligned columns, each cell escaped for the terminal (a line break included)."""
     rows = [list(headers), *[[printable(str(cell)) for cell in row] for row in rows]]
     widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
     return "\n".join(
@@ -54,12 +57,14 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def short(text: str | None, size: int = 60) -> str:
+    """``text`` cut to ``size`` characters with an ellipsis, or ``-``."""
     if not text:
         return "-"
     return text if len(text) <= size else text[: size - 1] + "…"
 
 
 def journal_states(rows: Iterable[HistoryRow]) -> dict[str, DestinationState]:
+    """The journal's rows of one message as the planner's states, by destination."""
     return {
         row.destination: DestinationState(row.state, row.attempts, row.next_attempt, row.reply)
         for row in rows
@@ -94,8 +99,10 @@ def kanidm_entry(resource: Any) -> dict[str, Any]:
 
 
 def row_json(row: HistoryRow) -> dict[str, Any]:
+    """One journal row for ``--json``, with the relay's queue id read from its reply."""
     return {**asdict(row), "relay_queue_id": queue_id(row)}
 
 
 def queue_id(row: HistoryRow) -> str | None:
+    """The relay's queue id in an accepted row's reply, if it names one."""
     return relay_queue_id(row.reply) if row.state == ACCEPTED and row.reply else None
