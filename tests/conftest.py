@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import structlog
 
-from kanidm_mail_sender.engine import EngineSettings
+from kanidm_mail_sender.engine.engine import EngineSettings
 from kanidm_mail_sender.sandbox.certs import Certs, make_certs
 from kanidm_mail_sender.sandbox.configs import write_configs
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn

@@ -20,39 +20,53 @@ from uuid import uuid4
 import structlog
 
 from kanidm_mail_sender.cli import main
-from kanidm_mail_sender.config import Configs, load_client_config, load_mail_config
+from kanidm_mail_sender.config.loading import Configs, load_client_config, load_mail_config
 from kanidm_mail_sender.core.mail import Envelope, MailIdentity, build_message
 from kanidm_mail_sender.core.messages import TestMessageV1
 from kanidm_mail_sender.core.render import Renderer
-from kanidm_mail_sender.engine import Engine, EngineSettings
+from kanidm_mail_sender.engine.dispatch import DispatchSettings
+from kanidm_mail_sender.engine.engine import Engine, EngineSettings
+from kanidm_mail_sender.engine.health import HealthSettings
+from kanidm_mail_sender.engine.marking import MarkSettings
+from kanidm_mail_sender.engine.sending import SendSettings
 from kanidm_mail_sender.errors import StateError
-from kanidm_mail_sender.kanidm import KanidmClient, make_kanidm
+from kanidm_mail_sender.kanidm.client import KanidmClient
+from kanidm_mail_sender.kanidm.factory import make_kanidm
 from kanidm_mail_sender.runtime.wiring import build_engine, renderer_for
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
-from kanidm_mail_sender.smtp import SmtpRelay, make_relay
-from kanidm_mail_sender.state import Journal, JournalView
-from kanidm_mail_sender.state.view import HistoryRow
+from kanidm_mail_sender.smtp.factory import make_relay
+from kanidm_mail_sender.smtp.relay import SmtpRelay
+from kanidm_mail_sender.state.journal import Journal
+from kanidm_mail_sender.state.view import HistoryRow, JournalView
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout
 TOKEN = "test-token-abc.def.ghi"
 SMTP_AUTH = ("mailer", "s3cret-pässword")
 
 
-def fast_settings(send_workers: int = 4, **overrides: Any) -> EngineSettings:
-    """The engine's settings with pauses and backoffs short enough for a test."""
+def fast_settings(
+    send_workers: int = 4, *, pause: tuple[float, float] = (0.05, 0.2), **overrides: Any
+) -> EngineSettings:
+    """The engine's settings with pauses and backoffs short enough for a test: ``pause`` is
+    the relay's first and longest pause, ``overrides`` the engine's own fields."""
     settings = EngineSettings(
-        send_workers=send_workers,
-        retry_initial=30,
-        mark_retry_initial=0.05,
-        mark_retry_max=0.2,
-        list_retry_initial=0.01,
-        list_retry_max=0.01,
-        relay_pause_initial=0.05,
-        relay_pause_max=0.2,
-        throttle_initial=0.05,
-        throttle_max=0.2,
+        health=HealthSettings(
+            max_concurrency=send_workers,
+            pause_initial=pause[0],
+            pause_max=pause[1],
+            throttle_initial=0.05,
+            throttle_max=0.2,
+        ),
+        send=SendSettings(retry_initial=30),
+        marks=MarkSettings(retry_initial=0.05, retry_max=0.2),
+        dispatch=DispatchSettings(list_retry_initial=0.01, list_retry_max=0.01),
     )
     return replace(settings, **overrides)
+
+
+def with_workers(settings: EngineSettings, send_workers: int) -> EngineSettings:
+    """``settings`` with this many send workers (and relay connections)."""
+    return replace(settings, health=replace(settings.health, max_concurrency=send_workers))
 
 
 class Harness:

@@ -29,16 +29,11 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from kanidm_mail_sender import __version__
-from kanidm_mail_sender.config import (
-    DEFAULT_CLIENT_CONFIG,
-    DEFAULT_MAIL_CONFIG,
-    Configs,
-    Identity,
-    check_not_root,
-    load_configs,
-)
-from kanidm_mail_sender.core import ACCEPTED, DEFERRED, EXPIRED, REJECTED
+from kanidm_mail_sender.config.loading import Configs, load_configs
+from kanidm_mail_sender.config.preflight import Identity, check_not_root
+from kanidm_mail_sender.config.settings import DEFAULT_CLIENT_CONFIG, DEFAULT_MAIL_CONFIG
 from kanidm_mail_sender.core.messages import TEMPLATE_KINDS
+from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, EXPIRED, REJECTED
 from kanidm_mail_sender.errors import (
     ConfigError,
     JournalFailed,
@@ -49,7 +44,8 @@ from kanidm_mail_sender.errors import (
 )
 from kanidm_mail_sender.exitcodes import ExitCode
 from kanidm_mail_sender.logs import configure_logging, get_logger
-from kanidm_mail_sender.ops import parse_since, probe
+from kanidm_mail_sender.ops.durations import parse_since
+from kanidm_mail_sender.ops.probe import probe
 
 __all__ = ["main"]
 
@@ -151,9 +147,11 @@ def _subcommands(parser: argparse.ArgumentParser) -> None:
 
 def _operator(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """Run one operator command; the same exit codes as the daemon where they apply."""
-    from kanidm_mail_sender.ops import commands  # Kanidm's client: not for --probe
+    # Kanidm's client, loaded here: not for --probe.
+    from kanidm_mail_sender.ops.commands import run_command
+    from kanidm_mail_sender.ops.context import Context
 
-    ctx = commands.Context(
+    ctx = Context(
         client_config=args.client_config,
         mail_config=args.mail_sender_config,
         environ=environ,
@@ -162,7 +160,7 @@ def _operator(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         offline=getattr(args, "offline", False),
     )
     try:
-        return _run(commands.run_command(args, ctx))
+        return _run(run_command(args, ctx))
     except ConfigError as exc:
         print(f"configuration: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
@@ -284,9 +282,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return _test_mode(configs, args.test_email)
         # The daemon's own code loads only here: the operator commands and the probe never
         # load the relay, the templates or the engine.
-        from kanidm_mail_sender.kanidm import self_check
-        from kanidm_mail_sender.runtime import run_main
+        from kanidm_mail_sender.kanidm.readylist import self_check
         from kanidm_mail_sender.runtime.signals import HardExit
+        from kanidm_mail_sender.runtime.wiring import run_main
 
         self_check()  # before any message is read: a broken re module would skip entries
         hard_exit = HardExit()

@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, EXPIRED, REJECTED
 from kanidm_mail_sender.engine.engine import EngineSettings
+from kanidm_mail_sender.engine.health import HealthSettings
 from kanidm_mail_sender.errors import KanidmAuthError
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
@@ -144,7 +145,7 @@ async def test_relay_wide_failure_pauses_without_spending_attempts(
     """A wrong password pauses all sending: one connection attempt for the whole queue, one
     log line, no attempt journalled for any message."""
     ids = [kanidm.queue_test_message(f"u{i}@example.com") for i in range(5)]
-    settings = EngineSettings(relay_pause_initial=30, relay_pause_max=60)
+    settings = EngineSettings(health=HealthSettings(pause_initial=30, pause_max=60))
     harness = harness_factory(mail_password="not-the-password", settings=settings)
     with capture_logs() as logs:
         await harness.engine.poll()
@@ -294,7 +295,9 @@ async def test_ten_thousand_messages_in_one_poll(
 ) -> None:
     relay = await relay_factory(keep=False)
     ids = [kanidm.queue_test_message(f"u{i}@example.com") for i in range(10_000)]
-    harness = harness_factory(relay=relay, settings=EngineSettings(send_workers=8))
+    harness = harness_factory(
+        relay=relay, settings=EngineSettings(health=HealthSettings(max_concurrency=8))
+    )
     await harness.cycle()
     assert relay.count == 10_000
     assert len(kanidm.sent()) == 10_000

@@ -13,21 +13,29 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from kanidm_mail_sender.core.states import ACCEPTED, EXPIRED, REJECTED
+from kanidm_mail_sender.engine.dispatch import DispatchSettings
 from kanidm_mail_sender.engine.engine import EngineSettings
+from kanidm_mail_sender.engine.marking import MarkSettings
+from kanidm_mail_sender.engine.sending import SendSettings
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import GreetingGate, SmtpStandIn
 from kanidm_mail_sender.state.journal import Journal
-from tests.helpers import Harness, delivered, journal_counts, wait_for
+from tests.helpers import (
+    Harness,
+    delivered,
+    journal_counts,
+    wait_for,
+    with_workers,
+)
 
 Factory = Callable[..., Harness]
 RelayFactory = Callable[..., Awaitable[SmtpStandIn]]
 
+# Fast marks and polls; the relay's pauses as in production.
 FAST = EngineSettings(
-    retry_initial=30,
-    mark_retry_initial=0.05,
-    mark_retry_max=0.2,
-    list_retry_initial=0.01,
-    list_retry_max=0.01,
+    send=SendSettings(retry_initial=30),
+    marks=MarkSettings(retry_initial=0.05, retry_max=0.2),
+    dispatch=DispatchSettings(list_retry_initial=0.01, list_retry_max=0.01),
 )
 
 
@@ -47,7 +55,7 @@ async def test_a_stalled_relay_delays_neither_marks_nor_the_next_poll(
     kanidm.messages = dict(  # the accepted ones last, behind the stuck backlog
         sorted(kanidm.messages.items(), key=lambda item: item[0] in accepted)
     )
-    settings = replace(FAST, send_workers=2, queue_size=4)
+    settings = replace(with_workers(FAST, 2), queue_size=4)
     harness = harness_factory(settings=settings, mail_timeout_seconds=120)
     await asyncio.wait_for(harness.engine.poll(feed_seconds=0.5), 5)
     await wait_for(lambda: set(accepted) <= set(kanidm.sent()), timeout=5)
@@ -67,7 +75,7 @@ async def test_resets_expiring_behind_a_slow_relay_are_never_mailed(
     relay.on_mail = lambda mail: arrivals.append(time.time() - 0.4)  # when DATA began
     ids = [kanidm.queue_credential_reset(f"r{i}@example.com", expires_in=2) for i in range(10)]
     expiry = {m: kanidm.messages[m].template["CredentialResetV1"]["expiry_time"] for m in ids}
-    settings = replace(FAST, send_workers=1)
+    settings = with_workers(FAST, 1)
     harness = harness_factory(settings=settings)
     with capture_logs() as logs:
         await harness.cycle()
@@ -111,7 +119,7 @@ async def test_421_at_connect_costs_one_attempt_per_pause_not_per_message(
     await gate.start()
     try:
         ids = [kanidm.queue_test_message(f"u{i}@example.com") for i in range(100)]
-        settings = replace(FAST, relay_pause_initial=0.2, relay_pause_max=0.4)
+        settings = replace(FAST, health=replace(FAST.health, pause_initial=0.2, pause_max=0.4))
         harness = harness_factory(relay=relay, mail_relay=gate.url, settings=settings)
         with capture_logs() as logs:
             poll = asyncio.create_task(harness.cycle())

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import httpx
 
-from kanidm_mail_sender.config import ListenAddress
+from kanidm_mail_sender.config.settings import ListenAddress
 from kanidm_mail_sender.runtime.listener import start_metrics_server
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn

@@ -17,8 +17,9 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from kanidm_mail_sender.config import ListenAddress
-from kanidm_mail_sender.engine import HealthView, Metrics
+from kanidm_mail_sender.config.settings import ListenAddress
+from kanidm_mail_sender.engine.engine import HealthView
+from kanidm_mail_sender.engine.metrics import Metrics
 from kanidm_mail_sender.runtime.httpserver import HttpServer, Limits, Request, Response, serve
 from kanidm_mail_sender.runtime.listener import METRICS_LIMITS, start_metrics_server
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn

@@ -25,6 +25,7 @@ from kanidm_mail_sender.config.oauth import KEYS as OAUTH2_KEYS
 from kanidm_mail_sender.config.oauth import OAuth2Settings, oauth2_settings
 from kanidm_mail_sender.config.relays import RelayEndpoint, parse_relay_url
 from kanidm_mail_sender.core.addresses import check_address
+from kanidm_mail_sender.core.defaults import RETRY_INITIAL_SECONDS, RETRY_MAX_SECONDS, SEND_WORKERS
 from kanidm_mail_sender.core.links import InstanceUrl
 from kanidm_mail_sender.core.ratelimit import Rate, parse_rates
 from kanidm_mail_sender.core.schedule import DEFAULT_SCHEDULE, Schedule, parse_schedule
@@ -91,7 +92,7 @@ class MailSenderConfig(BaseModel):
     mail_connect_timeout_seconds: int = Field(default=15, ge=1, le=3600)
     # Ours, not upstream's.
     mail_timeout_seconds: float = Field(default=60, gt=0, le=3600)
-    mail_max_connections: int = Field(default=4, ge=1, le=64)
+    mail_max_connections: int = Field(default=SEND_WORKERS, ge=1, le=64)
     mail_ca_path: Path | None = None
     mail_helo_name: str | None = None
     http_timeout_seconds: float = Field(default=30, gt=0, le=3600)
@@ -103,8 +104,8 @@ class MailSenderConfig(BaseModel):
     standby_delay_seconds: float = Field(default=0, ge=0, le=86400)
     # 5 s + the 2 s hard stop stays inside the 10 s that docker and podman stop wait by default.
     shutdown_grace_seconds: float = Field(default=5, ge=0, le=3600)
-    retry_initial_seconds: float = Field(default=30, gt=0, le=86400)
-    retry_max_seconds: float = Field(default=3600, gt=0, le=7 * 86400)
+    retry_initial_seconds: float = Field(default=RETRY_INITIAL_SECONDS, gt=0, le=86400)
+    retry_max_seconds: float = Field(default=RETRY_MAX_SECONDS, gt=0, le=7 * 86400)
     template_dir: Path | None = None
     log_format: Literal["text", "json"] = "text"
     metrics_listen: Annotated[ListenAddress | None, BeforeValidator(_parse_listen)] = None

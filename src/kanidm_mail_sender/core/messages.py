@@ -14,6 +14,7 @@ from uuid import UUID
 from kanidm_mail_sender.core.states import storable
 
 __all__ = [
+    "TEMPLATE_KINDS",
     "CredentialResetV1",
     "MalformedMessage",
     "QueuedMessage",

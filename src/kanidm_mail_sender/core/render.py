@@ -27,7 +27,7 @@ from kanidm_mail_sender.core.messages import (
 )
 from kanidm_mail_sender.errors import RenderError, TemplateError
 
-__all__ = ["RenderedMail", "Renderer", "rfc5322_utc", "sample_template"]
+__all__ = ["SAMPLE_MESSAGE_ID", "RenderedMail", "Renderer", "rfc5322_utc", "sample_template"]
 
 SAMPLE_MESSAGE_ID = UUID("0a9318dc-920f-4944-9ce4-91b4322b5dad")
 

@@ -1,24 +1,12 @@
-"""The delivery engine: poll, send and mark stages, what each outcome means, the relay's
-health and the metrics. It sees Kanidm and the relay only through protocols."""
+"""The delivery engine. It sees Kanidm and the relay only through its own protocols.
 
-from kanidm_mail_sender.engine.engine import (
-    CANCEL_DEADLINE,
-    CutOff,
-    Engine,
-    EngineSettings,
-    HealthView,
-    MailTransport,
-    MessageQueue,
-)
-from kanidm_mail_sender.engine.metrics import Metrics
+- ``engine``: owns the stages and their queues, and stops them.
+- ``dispatch``: polls the ready list and plans each message.
+- ``sending``: the send workers; ``admission`` decides when an attempt may start.
+- ``marking``: marks sent mail in Kanidm, with retries.
+- ``outcomes``, ``evidence``, ``expiry``: what an attempt's result means.
+- ``health``: the relay's health (pauses, throttling, concurrency).
+- ``inflight``, ``incident``, ``metrics``: what is under way, repeated failures, metrics.
 
-__all__ = [
-    "CANCEL_DEADLINE",
-    "CutOff",
-    "Engine",
-    "EngineSettings",
-    "HealthView",
-    "MailTransport",
-    "MessageQueue",
-    "Metrics",
-]
+No names are re-exported here: import each from the module that defines it.
+"""

@@ -28,7 +28,7 @@ from kanidm_mail_sender.core.messages import (
 from kanidm_mail_sender.core.planning import NO_DESTINATION, Action, backoff_delay, plan_message
 from kanidm_mail_sender.core.states import REJECTED, DestinationState
 from kanidm_mail_sender.engine.expiry import record_expired
-from kanidm_mail_sender.engine.incident import Incident
+from kanidm_mail_sender.engine.incident import LOG_INTERVAL, Incident
 from kanidm_mail_sender.engine.inflight import InFlight, Phase, StageContext
 from kanidm_mail_sender.engine.marking import MarkStage
 from kanidm_mail_sender.engine.metrics import SKIP_REASONS
@@ -54,7 +54,7 @@ class DispatchSettings:
 
     list_retry_initial: float = 5.0
     list_retry_max: float = 300.0
-    log_interval: float = 300.0
+    log_interval: float = LOG_INTERVAL
     reported_capacity: int = 10_000
     skipped_lines_per_poll: int = 20
     standby_delay: float = 0.0  # > 0: a standby, leaving fresher messages to the primary

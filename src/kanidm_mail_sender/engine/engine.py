@@ -19,6 +19,7 @@ from uuid import UUID
 from kanidm_mail_sender.core.mail import MailIdentity
 from kanidm_mail_sender.core.ratelimit import Rate, SendLimiter
 from kanidm_mail_sender.core.render import Renderer
+from kanidm_mail_sender.engine.admission import Admission
 from kanidm_mail_sender.engine.dispatch import Dispatcher, DispatchSettings, drain
 from kanidm_mail_sender.engine.health import HealthSettings, RelayHealth
 from kanidm_mail_sender.engine.inflight import InFlight, Phase, StageContext
@@ -29,7 +30,15 @@ from kanidm_mail_sender.errors import MailSenderError, StateError
 from kanidm_mail_sender.logs import get_logger
 from kanidm_mail_sender.state.journal import Journal
 
-__all__ = ["CutOff", "Engine", "EngineSettings", "MailTransport", "MessageQueue", "Tick"]
+__all__ = [
+    "CANCEL_DEADLINE",
+    "CutOff",
+    "Engine",
+    "EngineSettings",
+    "HealthView",
+    "MessageQueue",
+    "Tick",
+]
 
 log = get_logger(__name__)
 
@@ -57,25 +66,22 @@ class Tick:
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """Tuning of the engine; defaults match the config file's."""
+    """The engine's tuning: each stage's own settings, passed to it whole, and what the engine
+    itself decides. Every default lives in the stage's settings class (httpx writes
+    ``DEFAULT_TIMEOUT_CONFIG`` once in the same way)."""
 
-    send_workers: int = 4
+    health: HealthSettings = field(default_factory=HealthSettings)
+    send: SendSettings = field(default_factory=SendSettings)
+    marks: MarkSettings = field(default_factory=MarkSettings)
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     queue_size: int = 256
-    mark_capacity: int = 20_000
-    retry_initial: float = 30.0
-    retry_max: float = 3600.0
-    mark_retry_initial: float = 1.0
-    mark_retry_max: float = 60.0
-    list_retry_initial: float = 5.0
-    list_retry_max: float = 300.0
-    relay_pause_initial: float = 5.0
-    relay_pause_max: float = 300.0
     rate_limits: tuple[Rate, ...] = ()
-    throttle_initial: float = 2.0
-    throttle_max: float = 120.0
-    log_interval: float = 300.0  # repeated identical failures are logged at most this often
     relay_probe_interval: float | None = None  # probe an idle relay for /readyz
-    standby_delay: float = 0.0  # a standby sends only messages ready for this long
+
+    @property
+    def send_workers(self) -> int:
+        """One worker per relay connection the health may allow at once."""
+        return self.health.max_concurrency
 
 
 @dataclass(frozen=True)
@@ -135,26 +141,17 @@ class Engine:
         self.stopping = asyncio.Event()
         self.inflight = InFlight()
         self._queue: asyncio.Queue[Job] = asyncio.Queue(s.queue_size)
-        self.health = RelayHealth(
-            HealthSettings(
-                max_concurrency=s.send_workers,
-                pause_initial=s.relay_pause_initial,
-                pause_max=s.relay_pause_max,
-                throttle_initial=s.throttle_initial,
-                throttle_max=s.throttle_max,
-            )
-        )
+        self.health = RelayHealth(s.health)
         context = StageContext(self.inflight, self.metrics, self.stopping, self._fail, clock)
-        self.marks = MarkStage(
-            context=context,
-            marker=source,
-            settings=MarkSettings(
-                capacity=s.mark_capacity,
-                retry_initial=s.mark_retry_initial,
-                retry_max=s.mark_retry_max,
-                log_interval=s.log_interval,
-            ),
+        self.admission = Admission(
+            health=self.health,
+            metrics=self.metrics,
+            stopping=self.stopping,
+            clock=clock,
+            limiter=_limiter(s.rate_limits, journal, clock()),
+            log_interval=s.send.log_interval,
         )
+        self.marks = MarkStage(context=context, marker=source, settings=s.marks)
         self.sending = SendStage(
             context=context,
             transport=transport,
@@ -163,11 +160,8 @@ class Engine:
             identity=identity,
             queue=self._queue,
             marks=self.marks,
-            health=self.health,
-            limiter=_limiter(s.rate_limits, journal, clock()),
-            settings=SendSettings(
-                retry_initial=s.retry_initial, retry_max=s.retry_max, log_interval=s.log_interval
-            ),
+            admission=self.admission,
+            settings=s.send,
         )
         self.dispatcher = Dispatcher(
             context=context,
@@ -175,12 +169,7 @@ class Engine:
             journal=journal,
             queue=self._queue,
             marks=self.marks,
-            settings=DispatchSettings(
-                list_retry_initial=s.list_retry_initial,
-                list_retry_max=s.list_retry_max,
-                log_interval=s.log_interval,
-                standby_delay=s.standby_delay,
-            ),
+            settings=s.dispatch,
         )
         self._workers: list[asyncio.Task[None]] = []
         self._last_probe = -1e18
@@ -217,7 +206,7 @@ class Engine:
     def _begin_stop(self) -> None:
         self.stopping.set()
         self.metrics.stopping = True
-        self.sending.wake()
+        self.admission.wake()
 
     async def poll(self, *, feed_seconds: float | None = None) -> Tick:
         """One poll of the ready list (see :class:`Dispatcher`); says what the loop owes."""
@@ -252,7 +241,7 @@ class Engine:
             why=why,
             last_poll=self.dispatcher.last_poll,
             listed=self.dispatcher.listed,
-            standby_delay=self._settings.standby_delay,
+            standby_delay=self._settings.dispatch.standby_delay,
             held=self.dispatcher.held,
             paused=health.paused,
             paused_for=max(0.0, health.paused_until - time.monotonic()),

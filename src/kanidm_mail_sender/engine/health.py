@@ -17,6 +17,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kanidm_mail_sender.core.defaults import SEND_WORKERS
 from kanidm_mail_sender.core.planning import backoff_delay
 
 __all__ = ["Change", "HealthSettings", "PauseCause", "RelayHealth"]
@@ -43,7 +44,7 @@ class PauseCause(enum.StrEnum):
 class HealthSettings:
     """Limits and pauses; the defaults suit a relay across a network."""
 
-    max_concurrency: int = 4
+    max_concurrency: int = SEND_WORKERS
     pause_initial: float = 5.0
     pause_max: float = 300.0
     throttle_initial: float = 2.0

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Incident"]
+__all__ = ["LOG_INTERVAL", "Incident"]
+
+# Repeated identical failures are logged at most this often, by every stage.
+LOG_INTERVAL = 300.0
 
 
 @dataclass(slots=True)

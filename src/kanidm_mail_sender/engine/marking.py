@@ -18,7 +18,7 @@ from typing import Protocol
 from uuid import UUID
 
 from kanidm_mail_sender.core.planning import backoff_delay
-from kanidm_mail_sender.engine.incident import Incident
+from kanidm_mail_sender.engine.incident import LOG_INTERVAL, Incident
 from kanidm_mail_sender.engine.inflight import Phase, StageContext
 from kanidm_mail_sender.errors import KanidmAuthError, KanidmError, KanidmNotFound
 from kanidm_mail_sender.logs import get_logger
@@ -83,7 +83,7 @@ class MarkSettings:
     recent_ttl: float = 300.0
     retry_initial: float = 1.0
     retry_max: float = 60.0
-    log_interval: float = 300.0
+    log_interval: float = LOG_INTERVAL
 
 
 class MarkStage:

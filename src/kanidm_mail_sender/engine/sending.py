@@ -9,11 +9,9 @@ every destination is accepted goes to the marking stage.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,18 +20,19 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from kanidm_mail_sender.core.addresses import check_address
+from kanidm_mail_sender.core.defaults import RETRY_INITIAL_SECONDS, RETRY_MAX_SECONDS
 from kanidm_mail_sender.core.links import link_secrets
 from kanidm_mail_sender.core.mail import Envelope, MailIdentity, build_message
 from kanidm_mail_sender.core.messages import CredentialResetV1, QueuedMessage
 from kanidm_mail_sender.core.planning import Plan, backoff_delay, expires_at, is_expired
-from kanidm_mail_sender.core.ratelimit import Rate, SendLimiter
 from kanidm_mail_sender.core.render import Renderer
 from kanidm_mail_sender.core.replies import Receipt, Verdict, redact_reply
 from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, EXPIRED, REJECTED
+from kanidm_mail_sender.engine.admission import Admission
 from kanidm_mail_sender.engine.evidence import Evidence, EvidenceRules, Judgement
 from kanidm_mail_sender.engine.expiry import record_expired
-from kanidm_mail_sender.engine.health import Change, PauseCause, RelayHealth
-from kanidm_mail_sender.engine.incident import Incident
+from kanidm_mail_sender.engine.health import PauseCause
+from kanidm_mail_sender.engine.incident import LOG_INTERVAL
 from kanidm_mail_sender.engine.inflight import Phase, StageContext
 from kanidm_mail_sender.engine.marking import MarkStage
 from kanidm_mail_sender.engine.outcomes import (
@@ -53,22 +52,8 @@ __all__ = ["Job", "MailTransport", "SendSettings", "SendStage"]
 
 log = get_logger(__name__)
 
-# What an operator should look at first, by the cause of a relay-wide pause.
-LIKELY_CAUSES = {
-    PauseCause.RELAY: "the relay is unreachable, refuses connections or closes them; check it and "
-    "the network",
-    PauseCause.SENDER: "sender not allowed: the relay does not let this account send as "
-    "mail_from_address; check the account's send-as rights and the From address",
-    PauseCause.QUOTA: "quota reached: the account's sending quota is used up; sending resumes when "
-    "the provider's window resets, or raise the quota",
-    PauseCause.BURST: "the relay refuses every mail with the same reply after DATA: most "
-    "likely our sender is not allowed or a sending quota is reached; read the reply",
-}
-
 # The refusals whose words name a party: they pause with that party as the cause.
 _NAMED_CAUSES = frozenset({PauseCause.SENDER.value, PauseCause.QUOTA.value})
-
-_RATE_QUIET = 60.0  # seconds without a wait for the limits that end a rate-limit incident
 
 
 class MailTransport(Protocol):
@@ -97,9 +82,31 @@ class Job:
 class SendSettings:
     """Per-destination retry pacing."""
 
-    retry_initial: float = 30.0
-    retry_max: float = 3600.0
-    log_interval: float = 300.0
+    retry_initial: float = RETRY_INITIAL_SECONDS
+    retry_max: float = RETRY_MAX_SECONDS
+    log_interval: float = LOG_INTERVAL
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One destination of one message, over the tries a worker makes of it in one job."""
+
+    message: QueuedMessage
+    destination: str
+    number: int  # the attempt number the journal records for it
+    secrets: tuple[str, ...]  # the reset link's secret: never kept from a relay reply
+    accepted_before: int  # the stage's acceptances when this destination began
+    free: int = 0  # relay-wide verdicts drawn in a row, which spent no attempt
+    started: float = 0.0  # monotonic time the current try began
+
+    @property
+    def ids(self) -> dict[str, str]:
+        """The attempt's keys in a log line."""
+        return {"message_id": str(self.message.id), "destination": self.destination}
+
+    def redact(self, text: str) -> str:
+        """``text`` without this message's link secrets."""
+        return redact_reply(text, self.secrets, base64_runs=False) if self.secrets else text
 
 
 class SendStage:
@@ -115,39 +122,27 @@ class SendStage:
         identity: MailIdentity,
         queue: asyncio.Queue[Job],
         marks: MarkStage,
-        health: RelayHealth,
+        admission: Admission,
         settings: SendSettings,
-        limiter: SendLimiter | None = None,
         evidence: EvidenceRules | None = None,
     ) -> None:
         self._transport = transport
         self._journal = journal
         self._renderer = renderer
         self._identity = identity
-        self._inflight = context.inflight
         self._queue = queue
         self._marks = marks
-        self._health = health
-        self._limiter = limiter
-        self._limited_since: float | None = None  # a rate-limit incident is open
-        self._rate_log = Incident(settings.log_interval)
-        self._last_rate_wait = 0.0
+        self._admission = admission
+        self._health = admission.health
+        self._inflight = context.inflight
         self._metrics = context.metrics
-        self._metrics.relay_concurrency.set(health.limit)
-        self._s = settings
         self._stopping = context.stopping
         self._on_fatal = context.on_fatal
         self._clock = context.clock
-        self._changed = asyncio.Event()
-        self._relay_log = Incident(settings.log_interval)
+        self._s = settings
         self._evidence = Evidence(evidence)
         self._accepted = 0  # mails accepted since start: other mail went out meanwhile
         self.abandoned: list[UUID] = []  # taken off the queue, then not sent: we stopped
-
-    def wake(self) -> None:
-        """Wake every worker waiting for a slot (a health change, or the stop)."""
-        self._changed.set()
-        self._changed = asyncio.Event()
 
     async def worker(self) -> None:
         """Take jobs until stopped."""
@@ -180,10 +175,17 @@ class SendStage:
         """
         message, accepted = job.message, set(job.plan.accepted)
         commits: list[asyncio.Future[None]] = []
+        secrets = _secrets_of(message)
         for destination in job.plan.due:
-            attempts = job.plan.attempts.get(destination, 0) + 1
+            attempt = Attempt(
+                message=message,
+                destination=destination,
+                number=job.plan.attempts.get(destination, 0) + 1,
+                secrets=secrets,
+                accepted_before=self._accepted,
+            )
             try:
-                outcome = await self._deliver(message, destination, attempts, commits)
+                outcome = await self._deliver(attempt, commits)
             except Exception:
                 await _committed(commits)  # the worker lets the message go after this
                 raise
@@ -215,70 +217,57 @@ class SendStage:
         else:  # pragma: no cover - the journal only fails with StateError
             log.error("engine.worker_error", message_id=str(message_id), error=repr(failure))
 
-    async def _deliver(
-        self,
-        message: QueuedMessage,
-        destination: str,
-        attempts: int,
-        commits: list[asyncio.Future[None]],
-    ) -> bool | None:
+    async def _deliver(self, attempt: Attempt, commits: list[asyncio.Future[None]]) -> bool | None:
         """True: accepted (its journal commit appended to ``commits``); False: failed for
         this destination; None: stop here."""
-        ids = {"message_id": str(message.id), "destination": destination}
-        secrets = _secrets_of(message)
+        message, destination = attempt.message, attempt.destination
         not_after = expires_at(message)
-        free, accepted_before = 0, self._accepted
         while True:
             if self._stopping.is_set():
                 return None
             if is_expired(message, self._clock()):
-                await self._expire(message.id, ids)
+                await self._expire(attempt)
                 return None
-            if not await self._admit():
+            if not await self._admission.admit():
                 return None
-            started = time.monotonic()
+            attempt.started = time.monotonic()
             try:
                 envelope = self._envelope(message, destination)
                 receipt = await self._transport.send(
                     envelope, not_after=not_after, clock=self._clock
                 )
             except BaseException as exc:
-                then = await self._failed(
-                    exc,
-                    (message.id, destination, attempts),
-                    ids,
-                    started,
-                    (free, self._accepted - accepted_before),
-                    secrets,
-                )
+                then = await self._failed(exc, attempt)
                 if then is Next.RETRY:
-                    free += 1
+                    attempt.free += 1
                     continue
                 return None if then is Next.STOP else False
             self._accepted += 1
             incident = self._health.incident_started
-            if incident is None or started >= incident:  # it says something of the relay now
+            if (
+                incident is None or attempt.started >= incident
+            ):  # it says something of the relay now
                 self._evidence.accepted()
-            self._report(self._health.succeeded(started), counted=True)
+            self._admission.report(self._health.succeeded(attempt.started), counted=True)
             commits.append(
                 self._journal.submit(
                     message.id,
                     destination,
                     ACCEPTED,
                     now=self._clock(),
-                    attempts=attempts,
-                    reply=_without(receipt.reply, secrets)[:500],
+                    attempts=attempt.number,
+                    reply=attempt.redact(receipt.reply)[:500],
                 )
             )
             self._metrics.delivered.inc()
             self._metrics.relay_ok()
             log.info(
                 "mail.accepted",
-                **ids,
+                **attempt.ids,
                 template=message.template.kind,
                 smtp_message_id=envelope.message_id,
                 relay_queue_id=receipt.queue_id,
-                duration_ms=round((time.monotonic() - started) * 1000, 1),
+                duration_ms=round((time.monotonic() - attempt.started) * 1000, 1),
             )
             return True
 
@@ -295,52 +284,43 @@ class SendStage:
             date=datetime.now(UTC),
         )
 
-    async def _failed(
-        self,
-        exc: BaseException,
-        job: tuple[UUID, str, int],
-        ids: dict[str, str],
-        started: float,
-        free: tuple[int, int],
-        secrets: tuple[str, ...] = (),
-    ) -> Next:
-        """Journal and report one failed attempt; returns what the worker does next.
-
-        ``job``: message id, destination and this attempt's number; ``free``: the relay-wide
-        verdicts this destination drew in a row, and the mails accepted meanwhile.
-        """
-        message_id, destination, attempts = job
+    async def _failed(self, exc: BaseException, attempt: Attempt) -> Next:
+        """Journal and report one failed attempt; returns what the worker does next."""
+        message_id, destination, ids = attempt.message.id, attempt.destination, attempt.ids
         result = outcome(exc)
         if result is None:
-            self._report(self._health.cancelled(), counted=True)  # cut off: it may have gone
+            self._admission.report(
+                self._health.cancelled(), counted=True
+            )  # cut off: it may have gone
             raise exc
         ours = isinstance(exc, RelayError | RenderError)
         # A reset link the relay quotes (a content filter naming the URL it refused) is
         # never journalled, logged, published or shown: the mail was refused, so the link
         # is still valid.
         # (The relay's own words were cleared of AUTH echoes where the reply was read.)
-        error = _without(str(exc) if ours else f"invalid address: {exc}", secrets)
+        error = attempt.redact(str(exc) if ours else f"invalid address: {exc}")
         refusal = exc.refusal if isinstance(exc, RelayError) else None
-        if refusal is not None and secrets:
-            refusal = dataclasses.replace(refusal, text=_without(refusal.text, secrets))
+        if refusal is not None and attempt.secrets:
+            refusal = dataclasses.replace(refusal, text=attempt.redact(refusal.text))
         cause = PauseCause.RELAY
         if refusal is not None and refusal.cause.value in _NAMED_CAUSES:
             cause = PauseCause(refusal.cause.value)
         judgement = None
         if refusal is not None and result.state is not None and result.state != EXPIRED:
             judgement = self._evidence.refused(
-                time.monotonic(), message_id, destination, refusal, attempts - 1
+                time.monotonic(), message_id, destination, refusal, attempt.number - 1
             )
             if judgement.escalated:
                 result = escalated(judgement.verdict is Verdict.RELAY_DOWN)
                 if judgement.verdict is Verdict.RELAY_DOWN:  # else a throttle: no pause
                     cause = PauseCause.BURST
-        if result.then is Next.RETRY and spent_after_all(free[0] + 1, free[1]):
+        meanwhile = self._accepted - attempt.accepted_before
+        if result.then is Next.RETRY and spent_after_all(attempt.free + 1, meanwhile):
             result = counted_after_all(result)
             error = f"{error} (relay-wide refusals for this destination while other mail went out)"
-        self._tell_health(result, error, started, cause, judgement)
+        self._tell_health(result, error, attempt.started, cause, judgement)
         if result.state == EXPIRED:
-            await self._expire(message_id, ids)
+            await self._expire(attempt)
         elif result.state == REJECTED:
             log.error(
                 result.event,
@@ -354,17 +334,17 @@ class SendStage:
                 destination,
                 REJECTED,
                 now=self._clock(),
-                attempts=attempts,
+                attempts=attempt.number,
                 reply=error[:500],
             )
         elif result.state == DEFERRED:
-            delay = await self._defer(message_id, destination, attempts, error)
+            delay = await self._defer(attempt, error)
             log.log(
                 logging.ERROR if result.event == "message.render_failed" else logging.WARNING,
                 result.event,
                 **ids,
                 error=error,
-                attempts=attempts,
+                attempts=attempt.number,
                 retry_in_seconds=round(delay, 1),
             )
         if judgement is not None and judgement.burst:
@@ -392,7 +372,7 @@ class SendStage:
             change = health.succeeded(started)
         else:
             change = health.cancelled()
-        self._report(change, error, counted=result.counted)
+        self._admission.report(change, error, counted=result.counted)
 
     async def _put_back(self, judgement: Judgement, error: str) -> None:
         """The destinations a burst rejected before it was seen for what it is: deferred
@@ -417,123 +397,27 @@ class SendStage:
             note="rejected in the burst before it was recognised; deferred again, no attempt spent",
         )
 
-    async def _defer(self, message_id: UUID, destination: str, attempts: int, error: str) -> float:
+    async def _defer(self, attempt: Attempt, error: str) -> float:
         self._metrics.transient_failures.inc()
-        delay = backoff_delay(attempts, initial=self._s.retry_initial, maximum=self._s.retry_max)
+        delay = backoff_delay(
+            attempt.number, initial=self._s.retry_initial, maximum=self._s.retry_max
+        )
         now = self._clock()
         await self._journal.record(
-            message_id,
-            destination,
+            attempt.message.id,
+            attempt.destination,
             DEFERRED,
             now=now,
-            attempts=attempts,
+            attempts=attempt.number,
             next_attempt=now + delay,
             reply=error[:500],
         )
         return delay
 
-    async def _expire(self, message_id: UUID, ids: dict[str, str]) -> None:
+    async def _expire(self, attempt: Attempt) -> None:
         await record_expired(
-            self._journal, self._metrics, message_id, [ids["destination"]], self._clock()
+            self._journal, self._metrics, attempt.message.id, [attempt.destination], self._clock()
         )
-
-    async def _admit(self) -> bool:
-        """Wait for a send slot within the relay's health and the sending limits; False when
-        stopping."""
-        limiter = self._limiter
-        while not self._stopping.is_set():
-            now = time.monotonic()
-            rate_wait, rate = limiter.wait_time(self._clock()) if limiter else (0.0, None)
-            if rate_wait == 0.0 and self._health.start(now):
-                if limiter is not None:
-                    limiter.begin()
-                    self._rate_ok(now)
-                return True
-            wait = max(rate_wait, self._health.wait_time(now))
-            if rate is None:
-                await self._wait_for_change(wait)
-                continue
-            self._rate_limited(now, rate, rate_wait)
-            self._metrics.rate_limited.inc()
-            try:
-                await self._wait_for_change(wait)
-            finally:
-                self._metrics.rate_limited.dec()
-                self._metrics.rate_limit_wait.inc(time.monotonic() - now)
-        return False
-
-    async def _wait_for_change(self, wait: float) -> None:
-        """Up to ``wait`` seconds (``math.inf``: no bound), or until ``wake()``."""
-        changed = self._changed
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(None if math.isinf(wait) else wait):
-                await changed.wait()
-
-    def _rate_limited(self, now: float, rate: Rate, wait: float) -> None:
-        """A send waits for the sending limits: logged once per incident."""
-        if self._limited_since is None:
-            self._limited_since = now
-        if self._rate_log.failed(now):
-            log.warning(
-                "relay.rate_limited",
-                limit=str(rate),
-                wait_seconds=None if math.isinf(wait) else round(wait, 1),
-                note="mail over mail_rate_limit waits; no attempt is spent; logged once per "
-                "incident",
-            )
-        self._last_rate_wait = now
-
-    def _rate_ok(self, now: float) -> None:
-        """Admitted without waiting: a minute of that closes the incident."""
-        since = self._limited_since
-        if since is not None and now - self._last_rate_wait > _RATE_QUIET:
-            self._limited_since = None
-            log.info(
-                "relay.rate_limit_over",
-                waits=self._rate_log.ended(),
-                lasted_seconds=round(self._last_rate_wait - since, 1),
-            )
-
-    def _report(self, change: Change | None, error: str = "", *, counted: bool) -> None:
-        """Every end of a send comes here: a freed slot must wake the waiting workers.
-
-        ``counted``: a mail may have gone out, so the send counts against the limits.
-        """
-        if self._limiter is not None:
-            self._limiter.end(self._clock(), counted=counted)
-        self.wake()
-        health = self._health
-        self._metrics.relay_paused = health.paused
-        self._metrics.relay_state(
-            paused_on=(health.cause or PauseCause.RELAY).value if health.paused else None,
-            throttled=health.throttles > 0 and not health.paused,
-            concurrency=health.limit,
-        )
-        if change is Change.PAUSED:
-            self._metrics.relay_incidents.labels(cause=health.cause or PauseCause.RELAY).inc()
-        if change is Change.PAUSED and self._relay_log.failed(time.monotonic()):
-            log.error(
-                "relay.paused",
-                error=error,
-                cause=health.cause,
-                likely_cause=LIKELY_CAUSES[health.cause or PauseCause.RELAY],
-                evidence=health.reason or None,
-                pause_seconds=round(health.paused_until - time.monotonic(), 1),
-                note="all sending is paused; one probe per pause, no attempts spent; "
-                "logged once per incident",
-            )
-        elif change is Change.THROTTLED and self._relay_log.failed(time.monotonic()):
-            log.warning(
-                "relay.throttled",
-                error=error,
-                concurrency=health.limit,
-                evidence=health.reason or None,
-                pause_seconds=round(health.paused_until - time.monotonic(), 1),
-                note="the relay limits our rate; sending slows down, no attempts spent",
-            )
-        elif change is Change.RECOVERED:
-            failures = self._relay_log.ended()
-            log.info("relay.recovered", incidents=failures, concurrency=health.limit)
 
 
 async def _committed(commits: list[asyncio.Future[None]]) -> None:
@@ -547,7 +431,3 @@ def _secrets_of(message: QueuedMessage) -> tuple[str, ...]:
     """What must not be kept of this message's relay replies: its reset link's secret."""
     template = message.template
     return link_secrets(template.intent_id) if isinstance(template, CredentialResetV1) else ()
-
-
-def _without(text: str, secrets: tuple[str, ...]) -> str:
-    return redact_reply(text, secrets, base64_runs=False) if secrets else text

@@ -1,15 +1,11 @@
-"""Kanidm's REST API: the client (ready list and marks), the pipelined mark connection, the
-streaming ready-list scanner and the body decoders."""
+"""Kanidm's REST API.
 
-from kanidm_mail_sender.kanidm.client import KanidmClient, ListLimits, build_http_client
-from kanidm_mail_sender.kanidm.factory import make_kanidm
-from kanidm_mail_sender.kanidm.readylist import ReadyListParser, self_check
+- ``client``: the client (ready list and marks).
+- ``pipeline``: the pipelined mark-sent connection, on h11.
+- ``readylist``: the streaming ready-list scanner.
+- ``decoding``: the body decoders.
+- ``factory``: the client built from the configs.
 
-__all__ = [
-    "KanidmClient",
-    "ListLimits",
-    "ReadyListParser",
-    "build_http_client",
-    "make_kanidm",
-    "self_check",
-]
+No names are re-exported here: import each from the module that defines it, so that only
+what talks to Kanidm loads httpx.
+"""

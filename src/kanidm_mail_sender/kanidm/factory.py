@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kanidm_mail_sender.config import Configs
+from kanidm_mail_sender.config.loading import Configs
 from kanidm_mail_sender.kanidm.client import KanidmClient, ListLimits, build_http_client
 from kanidm_mail_sender.kanidm.pipeline import build_mark_pipeline, proxied
 from kanidm_mail_sender.logs import get_logger

@@ -1,12 +1,10 @@
-"""What operators run beside the daemon: the commands (status, queue, history, show, retry,
-in ``ops.commands``) and the container's health probe.
+"""What operators run beside the daemon.
 
-The face holds only what is light: ``--probe`` runs every 30 s in a container and must not
-load httpx or h11. ``ops.commands`` (Kanidm's client) and ``ops.oneshot`` (``-t``,
-``--render``, ``--check``: the relay and the templates) are imported when asked for.
+- ``commands``: the command dispatcher; ``status``, ``queue``, ``history``, ``show`` and
+  ``retry``: one module per command; ``tables`` and ``context``: what they share.
+- ``oneshot``: ``-t``, ``--render`` and ``--check``.
+- ``probe``: the container's health probe; ``durations``: ``--since``.
+
+No names are re-exported here: import each from the module that defines it. ``--probe``
+runs every 30 s in a container and must not load httpx or h11.
 """
-
-from kanidm_mail_sender.ops.durations import parse_since
-from kanidm_mail_sender.ops.probe import probe
-
-__all__ = ["parse_since", "probe"]

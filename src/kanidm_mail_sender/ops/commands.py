@@ -18,7 +18,7 @@ from kanidm_mail_sender.ops.show import show
 from kanidm_mail_sender.ops.status import status
 from kanidm_mail_sender.state.retries import RetryRequest
 
-__all__ = ["Context", "run_command"]
+__all__ = ["run_command"]
 
 
 async def run_command(args: argparse.Namespace, ctx: Context) -> int:

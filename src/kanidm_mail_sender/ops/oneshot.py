@@ -9,23 +9,19 @@ from pathlib import Path
 from typing import TextIO
 from uuid import uuid4
 
-from kanidm_mail_sender.config import (
-    Configs,
-    Identity,
-    MailSenderConfig,
-    check_not_root,
-    load_configs,
-    resolve_state_dir,
-    state_dir_named,
-)
+from kanidm_mail_sender.config.loading import Configs, load_configs
+from kanidm_mail_sender.config.preflight import Identity, check_not_root
+from kanidm_mail_sender.config.settings import MailSenderConfig
+from kanidm_mail_sender.config.statedir import resolve_state_dir, state_dir_named
 from kanidm_mail_sender.core.addresses import check_address
 from kanidm_mail_sender.core.mail import MailIdentity, build_message
 from kanidm_mail_sender.core.messages import TestMessageV1
 from kanidm_mail_sender.core.render import SAMPLE_MESSAGE_ID, Renderer, sample_template
 from kanidm_mail_sender.errors import ConfigError, MailSenderError, PreflightError, RelayError
 from kanidm_mail_sender.exitcodes import ExitCode
-from kanidm_mail_sender.kanidm import make_kanidm
-from kanidm_mail_sender.smtp import XOAuth2Auth, make_relay
+from kanidm_mail_sender.kanidm.factory import make_kanidm
+from kanidm_mail_sender.smtp.auth import XOAuth2Auth
+from kanidm_mail_sender.smtp.factory import make_relay
 from kanidm_mail_sender.state.place import ephemeral_dir, writable
 
 __all__ = ["TEST_DISPLAY_NAME", "render_preview", "run_check", "send_test"]

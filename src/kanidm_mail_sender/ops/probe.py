@@ -12,8 +12,9 @@ import http.client
 from collections.abc import Mapping
 from pathlib import Path
 
-from kanidm_mail_sender.config import DEFAULT_STATE_DIR, load_mail_config, resolve_state_dir
-from kanidm_mail_sender.config.statedir import systemd_state_dir
+from kanidm_mail_sender.config.loading import load_mail_config
+from kanidm_mail_sender.config.settings import DEFAULT_STATE_DIR
+from kanidm_mail_sender.config.statedir import resolve_state_dir, systemd_state_dir
 from kanidm_mail_sender.errors import MailSenderError
 from kanidm_mail_sender.state.lock import lock_holder
 from kanidm_mail_sender.state.place import find_state_dir

@@ -1,6 +1,9 @@
-"""The daemon process: wiring from the configs, the poll loop, signals, sd_notify, limits
-and the metrics listener."""
+"""The daemon process.
 
-from kanidm_mail_sender.runtime.wiring import run_main
+- ``wiring``: the parts built from the configs.
+- ``daemon``: the poll loop and the stop.
+- ``signals``, ``sdnotify``, ``limits``: the process's signals, systemd and limits.
+- ``httpserver`` and ``listener``: the metrics and health listener.
 
-__all__ = ["run_main"]
+No names are re-exported here: import each from the module that defines it.
+"""

@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from kanidm_mail_sender.config import ListenAddress
-from kanidm_mail_sender.engine import HealthView, Metrics
+from kanidm_mail_sender.config.settings import ListenAddress
+from kanidm_mail_sender.engine.engine import HealthView
+from kanidm_mail_sender.engine.metrics import Metrics
 from kanidm_mail_sender.errors import ConfigError
 from kanidm_mail_sender.runtime.httpserver import HttpServer, Limits, Request, Response, serve
 

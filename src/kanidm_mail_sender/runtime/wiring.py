@@ -7,17 +7,19 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
-from kanidm_mail_sender.config import (
-    Configs,
-    MailSenderConfig,
-    resolve_state_dir,
-    state_dir_named,
-)
+from kanidm_mail_sender.config.loading import Configs
+from kanidm_mail_sender.config.settings import MailSenderConfig
+from kanidm_mail_sender.config.statedir import resolve_state_dir, state_dir_named
 from kanidm_mail_sender.core.mail import MailIdentity
 from kanidm_mail_sender.core.render import Renderer
-from kanidm_mail_sender.engine import CANCEL_DEADLINE, Engine, EngineSettings, Metrics
+from kanidm_mail_sender.engine.dispatch import DispatchSettings
+from kanidm_mail_sender.engine.engine import CANCEL_DEADLINE, Engine, EngineSettings
+from kanidm_mail_sender.engine.health import HealthSettings
+from kanidm_mail_sender.engine.metrics import Metrics
+from kanidm_mail_sender.engine.sending import SendSettings
 from kanidm_mail_sender.errors import StateError
-from kanidm_mail_sender.kanidm import KanidmClient, make_kanidm
+from kanidm_mail_sender.kanidm.client import KanidmClient
+from kanidm_mail_sender.kanidm.factory import make_kanidm
 from kanidm_mail_sender.logs import get_logger
 from kanidm_mail_sender.runtime.daemon import run_daemon
 from kanidm_mail_sender.runtime.httpserver import HttpServer
@@ -25,13 +27,18 @@ from kanidm_mail_sender.runtime.limits import raise_open_files_limit
 from kanidm_mail_sender.runtime.listener import start_metrics_server
 from kanidm_mail_sender.runtime.sdnotify import Notifier
 from kanidm_mail_sender.runtime.signals import HardExit, handle_signals
-from kanidm_mail_sender.smtp import SmtpRelay, make_relay
-from kanidm_mail_sender.state import Journal, settle_state_dir
+from kanidm_mail_sender.smtp.factory import make_relay
+from kanidm_mail_sender.smtp.relay import SmtpRelay
+from kanidm_mail_sender.state.journal import Journal
+from kanidm_mail_sender.state.place import settle_state_dir
 from kanidm_mail_sender.state.retries import prepare_requests
 
 __all__ = ["build_engine", "engine_settings", "renderer_for", "run_main"]
 
 log = get_logger(__name__)
+
+# With a health port, an idle relay is probed this often so that /readyz stays true.
+RELAY_PROBE_INTERVAL = 120.0
 
 
 def _identity(config: MailSenderConfig) -> MailIdentity:
@@ -43,14 +50,16 @@ def _identity(config: MailSenderConfig) -> MailIdentity:
 
 
 def engine_settings(config: MailSenderConfig) -> EngineSettings:
-    """The engine's settings from the mail-sender config."""
+    """The engine's settings from the mail-sender config: the one place the config's keys
+    meet the stages' settings."""
     return EngineSettings(
-        send_workers=config.mail_max_connections,
-        retry_initial=config.retry_initial_seconds,
-        retry_max=config.retry_max_seconds,
-        relay_probe_interval=120.0 if config.metrics_listen else None,
+        health=HealthSettings(max_concurrency=config.mail_max_connections),
+        send=SendSettings(
+            retry_initial=config.retry_initial_seconds, retry_max=config.retry_max_seconds
+        ),
+        dispatch=DispatchSettings(standby_delay=config.standby_delay_seconds),
         rate_limits=config.mail_rate_limit,
-        standby_delay=config.standby_delay_seconds,
+        relay_probe_interval=RELAY_PROBE_INTERVAL if config.metrics_listen else None,
     )
 
 

@@ -1,16 +1,9 @@
-"""The SMTP relay: a pool of TLS connections, pipelined transactions on our own session,
-AUTH (password or XOAUTH2 with OAuth 2.0 tokens), and the mapping of its failures to ours."""
+"""The SMTP relay.
 
-from kanidm_mail_sender.smtp.auth import PasswordAuth, SmtpAuth, XOAuth2Auth
-from kanidm_mail_sender.smtp.factory import make_auth, make_relay
-from kanidm_mail_sender.smtp.relay import SmtpRelay, build_tls_context
+- ``relay``: a pool of TLS connections, and the mapping of its failures to ours.
+- ``session``: pipelined transactions on our own session.
+- ``auth`` and ``oauth``: AUTH (password, or XOAUTH2 with OAuth 2.0 tokens).
+- ``factory``: the relay built from the config.
 
-__all__ = [
-    "PasswordAuth",
-    "SmtpAuth",
-    "SmtpRelay",
-    "XOAuth2Auth",
-    "build_tls_context",
-    "make_auth",
-    "make_relay",
-]
+No names are re-exported here: import each from the module that defines it.
+"""

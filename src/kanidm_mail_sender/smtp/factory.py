@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from kanidm_mail_sender.config import MailSenderConfig
+from kanidm_mail_sender.config.settings import MailSenderConfig
 from kanidm_mail_sender.smtp.auth import PasswordAuth, SmtpAuth, XOAuth2Auth
 from kanidm_mail_sender.smtp.relay import SmtpRelay, build_tls_context
 

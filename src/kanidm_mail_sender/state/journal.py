@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +18,8 @@ from typing import Any
 from uuid import UUID
 
 from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, REJECTED, DestinationState, storable
-from kanidm_mail_sender.errors import AlreadyRunning, JournalFailed, StateError
-from kanidm_mail_sender.logs import get_logger
+from kanidm_mail_sender.errors import JournalFailed, StateError
+from kanidm_mail_sender.state.lock import take_lock
 
 __all__ = ["RETENTION_SECONDS", "STATES_BATCH", "Journal"]
 
@@ -53,7 +52,6 @@ ON CONFLICT (message_id, destination) DO UPDATE SET
 
 STATES_BATCH = 64
 # A fixed number of placeholders and no data in the text.
-log = get_logger(__name__)
 
 _STATES_OF = (
     "SELECT message_id, destination, state, attempts, next_attempt, reply FROM delivery "  # noqa: S608
@@ -86,39 +84,13 @@ def _private_files(path: Path) -> None:
         raise StateError(f"{path}: cannot make the journal private ({exc.strerror})") from None
 
 
-def _keep_private(state_dir: Path) -> None:
-    """A state directory the group or others can enter (made 0755 by ``mkdir`` or a
-    package) exposes the journal's name and the retry requests: tightened to 0700 when it is
-    ours, else a warning naming the fix."""
-    found = state_dir.stat()
-    if not found.st_mode & 0o077:
-        return
-    mode = oct(found.st_mode & 0o777)
-    if found.st_uid == os.geteuid():
-        state_dir.chmod(0o700)
-        log.warning(
-            "state.tightened",
-            state_dir=str(state_dir),
-            was=mode,
-            note="the state directory was readable by others; it is 0700 now",
-        )
-        return
-    log.warning(
-        "state.exposed",
-        state_dir=str(state_dir),
-        mode=mode,
-        owner=found.st_uid,
-        note=f"the group or others can enter it; chmod 0700 {state_dir} (its owner may)",
-    )
-
-
 class Journal:
     """Durable per-destination delivery state, and the single-instance lock."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.path = state_dir / "journal.sqlite3"
-        self._lock_fd = self._lock(state_dir)
+        self._lock_fd = take_lock(state_dir)
         try:
             _private_files(self.path)
             self._writer = _connect(self.path)
@@ -134,29 +106,6 @@ class Journal:
         self._pending: list[tuple[Any, ...]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flusher: asyncio.Task[None] | None = None
-
-    @staticmethod
-    def _lock(state_dir: Path) -> int:
-        try:
-            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _keep_private(state_dir)
-            fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StateError(
-                f"state directory {state_dir} is not writable ({exc.strerror}); set state_dir "
-                "to a directory the service user owns, or use systemd's StateDirectory="
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise AlreadyRunning(
-                f"another kanidm-mail-sender already uses {state_dir}; stop it first, or give "
-                "this one its own state_dir (two senders on one queue would mail twice)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        return fd
 
     def states(self, message_id: UUID) -> dict[str, DestinationState]:
         """Everything recorded for ``message_id``, keyed by destination."""
