@@ -326,5 +326,61 @@ async def test_a_metrics_port_that_cannot_be_bound_exits_3_in_one_line(
         client, mail = config_files(metrics_listen=f"127.0.0.1:{port}")
         code, _, err = await run(daemon_command(client, mail))
     assert code == ExitCode.CONFIG
-    assert f"metrics_listen 127.0.0.1:{port}: cannot listen there" in err
+    assert f"mail-sender.toml: key 'metrics_listen': 127.0.0.1:{port}: cannot listen there" in err
     assert "Traceback" not in err
+
+
+def _break_client_ca(client: Path, mail: Path) -> None:
+    client.chmod(0o600)
+    client.write_text(client.read_text().replace("ca_path = ", 'ca_path = "/no/ca.pem"\n#'))
+
+
+# A value found wrong only after loading: (the mail-sender keys to set, or a change to make,
+# the key, the file that holds it, the exit code, words of what to do).
+LATE_REFUSALS = [
+    ({"template_dir": "{tmp}/none"}, "template_dir", "mail", ExitCode.CONFIG, "or remove the key"),
+    ({"mail_ca_path": "/no/ca.pem"}, "mail_ca_path", "mail", ExitCode.CONFIG, "point it at"),
+    (_break_client_ca, "ca_path", "client", ExitCode.CONFIG, "point it at"),
+    ({"schedule": "0 0 0 1 1 * 2020"}, "schedule", "mail", ExitCode.CONFIG, "give one that"),
+    ({"state_dir": "{client}/state"}, "state_dir", "mail", ExitCode.STATE, "set state_dir"),
+    ({"metrics_listen": "127.0.0.1:{taken}"}, "metrics_listen", "mail", ExitCode.CONFIG, "pick"),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "holder", "code", "advice"),
+    LATE_REFUSALS,
+    ids=[row[1] for row in LATE_REFUSALS],
+)
+async def test_a_value_refused_after_loading_names_file_and_key_in_both_start_and_check(
+    config_files: ConfigFiles,
+    daemon_command: Command,
+    tmp_path: Path,
+    change: dict[str, str] | Callable[[Path, Path], None],
+    key: str,
+    holder: str,
+    code: ExitCode,
+    advice: str,
+) -> None:
+    """A start refuses in one line naming the file, the key, what is wrong and what to do;
+    ``--check`` says the same in a FAIL line and exits with the same code, although Kanidm
+    and the relay answer."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        client, mail = config_files()
+        if callable(change):
+            change(client, mail)
+        else:
+            slots = {"tmp": tmp_path, "client": client, "taken": taken.getsockname()[1]}
+            client, mail = config_files(**{k: v.format(**slots) for k, v in change.items()})
+        named = f"{client if holder == 'client' else mail}: key '{key}': "
+        got, _, err = await run(daemon_command(client, mail))
+        checked, out, _ = await in_process(daemon_command(client, mail, "--check"))
+    assert (got, checked) == (code, code), err + out
+    [refusal] = [line for line in err.splitlines() if named in line]
+    assert advice in refusal
+    [failed] = [line for line in out.splitlines() if named in line]
+    assert failed.startswith("FAIL")
+    assert advice in failed
+    assert "Traceback" not in err + out

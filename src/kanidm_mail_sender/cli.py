@@ -275,7 +275,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.render is not None:
             from kanidm_mail_sender.ops.oneshot import render_preview
 
-            sys.stdout.buffer.write(render_preview(configs.mail, args.render))
+            sys.stdout.buffer.write(render_preview(configs, args.render))
             sys.stdout.flush()
             return ExitCode.OK
         if args.test_email is not None:

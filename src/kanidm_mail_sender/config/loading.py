@@ -9,7 +9,8 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -21,9 +22,16 @@ from pydantic import (
 from kanidm_mail_sender.config.files import read_toml, resolve_secrets
 from kanidm_mail_sender.config.preflight import Identity, check_config_file
 from kanidm_mail_sender.config.settings import ClientConfig, MailSenderConfig
-from kanidm_mail_sender.errors import ConfigError
+from kanidm_mail_sender.errors import ConfigError, MailSenderError
 
-__all__ = ["Configs", "Loaded", "load_client_config", "load_configs", "load_mail_config"]
+__all__ = [
+    "Configs",
+    "Loaded",
+    "load_client_config",
+    "load_configs",
+    "load_mail_config",
+    "located",
+]
 
 
 T = TypeVar("T")
@@ -157,10 +165,41 @@ def load_client_config(path: Path) -> Loaded[ClientConfig]:
 
 @dataclass(frozen=True)
 class Configs:
-    """Both validated config files."""
+    """Both validated config files, and where they were read from."""
 
     mail: MailSenderConfig
     client: ClientConfig
+    mail_path: Path | None = None
+    client_path: Path | None = None
+
+    def where(self, key: str) -> Path | None:
+        """The file that holds ``key``."""
+        return self.client_path if key in ClientConfig.model_fields else self.mail_path
+
+    @contextmanager
+    def blame(
+        self,
+        key: str,
+        errors: tuple[type[MailSenderError], ...] = (ConfigError,),
+        *,
+        but: tuple[type[MailSenderError], ...] = (),
+    ) -> Iterator[None]:
+        """Errors raised inside about ``key``'s value, found after loading (a directory, a
+        CA file, a port), are reworded to name the file and the key, as loading's are;
+        those of a kind in ``but`` are not about the value and pass unchanged."""
+        try:
+            yield
+        except errors as exc:
+            if not isinstance(exc, but):
+                exc.args = (located(self.where(key), key, str(exc)),)
+            raise
+
+
+def located(path: Path | None, key: str, problem: str) -> str:
+    """One refusal's words: the file, the key, and the problem with what to do (a problem
+    that begins with the key's name has it once)."""
+    problem = problem.removeprefix(f"{key} ")
+    return f"{path}: key '{key}': {problem}" if path is not None else f"key '{key}': {problem}"
 
 
 def load_configs(
@@ -171,4 +210,5 @@ def load_configs(
     warnings += check_config_file(mail_path, ids, holds_secrets=True)
     client: Loaded[ClientConfig] = load_client_config(client_path)
     mail: Loaded[MailSenderConfig] = load_mail_config(mail_path, environ=environ)
-    return Configs(mail.config, client.config), warnings + client.warnings + mail.warnings
+    configs = Configs(mail.config, client.config, mail_path=mail_path, client_path=client_path)
+    return configs, warnings + client.warnings + mail.warnings

@@ -223,6 +223,13 @@ class ListenAddress(NamedTuple):
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    def refusal(self, exc: OSError) -> str:
+        """What to tell the operator when this address cannot be bound."""
+        return (
+            f"metrics_listen {self}: cannot listen there ({exc.strerror or exc}); pick a free "
+            "port and an address of this host, or remove the key"
+        )
+
 
 def split_listen(value: str) -> ListenAddress:
     """Split ``host:port`` (``[v6]:port`` allowed) or raise ValueError."""

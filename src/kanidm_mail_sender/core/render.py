@@ -88,7 +88,11 @@ class Renderer:
         loaders: list[jinja2.BaseLoader] = []
         if template_dir is not None:
             if not template_dir.is_dir():
-                raise TemplateError(f"template_dir {template_dir} is not a directory")
+                raise TemplateError(
+                    f"template_dir {template_dir} is not a directory; point it at the "
+                    "directory that holds your templates, or remove the key to use the "
+                    "built-in ones"
+                )
             loaders.append(jinja2.FileSystemLoader(template_dir))
         loaders.append(jinja2.PackageLoader("kanidm_mail_sender.core", "templates"))
         self._env = jinja2.Environment(

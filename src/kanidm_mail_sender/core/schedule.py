@@ -168,8 +168,9 @@ class Schedule:
         """This schedule, or ScheduleError when it has no fire time after ``now``."""
         if self.next_after(now) is None:
             raise ScheduleError(
-                f"schedule {self.expression!r} has no fire time in the future; "
-                "nothing would ever be sent"
+                f"schedule {self.expression!r} has no fire time in the future, so nothing "
+                "would ever be sent; give one that fires again (the default is "
+                f"{DEFAULT_SCHEDULE!r})"
             )
         return self
 

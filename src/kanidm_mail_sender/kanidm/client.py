@@ -56,7 +56,9 @@ def tls_context(config: ClientConfig) -> ssl.SSLContext:
             context.load_verify_locations(cafile=str(config.ca_path))
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(
-                f"ca_path {config.ca_path}: cannot load a PEM CA certificate from it ({exc})"
+                f"ca_path {config.ca_path}: cannot load a PEM CA certificate from it ({exc}); "
+                "point it at the PEM file of the CA that signed Kanidm's certificate, or "
+                "remove the key to trust the system's CAs only"
             ) from None
     if not config.verify_hostnames or not config.verify_ca:
         context.check_hostname = False

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 from uuid import uuid4
 
-from kanidm_mail_sender.config.loading import Configs, load_configs
+from kanidm_mail_sender.config.loading import Configs, load_configs, located
 from kanidm_mail_sender.config.preflight import Identity, check_not_root
 from kanidm_mail_sender.config.settings import MailSenderConfig
 from kanidm_mail_sender.config.statedir import resolve_state_dir, state_dir_named
@@ -22,6 +24,7 @@ from kanidm_mail_sender.exitcodes import ExitCode
 from kanidm_mail_sender.kanidm.factory import make_kanidm
 from kanidm_mail_sender.smtp.auth import XOAuth2Auth
 from kanidm_mail_sender.smtp.factory import make_relay
+from kanidm_mail_sender.state.lock import STATE_DIR_ADVICE, lock_holder
 from kanidm_mail_sender.state.place import ephemeral_dir, writable
 
 __all__ = ["TEST_DISPLAY_NAME", "render_preview", "run_check", "send_test"]
@@ -48,9 +51,12 @@ def _identity(config: MailSenderConfig, display_name: str | None = None) -> Mail
 async def send_test(configs: Configs, address: str) -> str:
     """Send one test message to ``address`` without calling Kanidm; returns the relay reply."""
     config = configs.mail
-    config.schedule.require_future(datetime.now(UTC))
-    renderer = _renderer(config)
-    relay = make_relay(config)
+    with configs.blame("schedule"):
+        config.schedule.require_future(datetime.now(UTC))
+    with configs.blame("template_dir"):
+        renderer = _renderer(config)
+    with configs.blame("mail_ca_path"):
+        relay = make_relay(config)
     message_id = uuid4()
     rendered = renderer.render(
         TestMessageV1(TEST_DISPLAY_NAME), message_id=message_id, destination=address
@@ -72,9 +78,11 @@ async def send_test(configs: Configs, address: str) -> str:
         await relay.close()
 
 
-def render_preview(config: MailSenderConfig, kind: str) -> bytes:
+def render_preview(configs: Configs, kind: str) -> bytes:
     """The complete mail that ``kind`` would produce for sample data."""
-    renderer = _renderer(config)
+    config = configs.mail
+    with configs.blame("template_dir"):
+        renderer = _renderer(config)
     now = datetime.now(UTC)
     rendered = renderer.render(
         sample_template(kind, now), message_id=SAMPLE_MESSAGE_ID, destination="alice@example.com"
@@ -107,7 +115,10 @@ async def run_check(
         print(f"{status:<4} {what}: {detail}", file=out, flush=True)
 
     def verdict() -> ExitCode:
-        return failed[0] if failed else ExitCode.OK
+        # A start stops on a fault of its own (root, configuration, state directory) before
+        # it meets Kanidm or the relay, whose refusals it would only retry.
+        own = [code for code in failed if code != ExitCode.NOT_DONE]
+        return (own or failed or [ExitCode.OK])[0]
 
     try:
         for warning in check_not_root(ids, skip=skip_root_check):
@@ -123,13 +134,14 @@ async def run_check(
     for warning in warnings:
         line("warn", "configuration", warning)
     config = configs.mail
-    checks: list[tuple[str, Callable[[], object]]] = [
-        ("templates", lambda: _renderer(config)),
-        ("schedule", lambda: config.schedule.require_future(datetime.now(UTC))),
+    checks: list[tuple[str, str, Callable[[], object]]] = [
+        ("templates", "template_dir", lambda: _renderer(config)),
+        ("schedule", "schedule", lambda: config.schedule.require_future(datetime.now(UTC))),
     ]
-    for name, check in checks:
+    for name, key, check in checks:
         try:
-            check()
+            with configs.blame(key):
+                check()
         except MailSenderError as exc:
             line("FAIL", name, str(exc), ExitCode.CONFIG)
         else:
@@ -146,16 +158,39 @@ async def run_check(
             "a volume there or set state_dir to keep it",
         )
     else:
-        line("FAIL", "state directory", f"{state_dir} is not writable by this user", ExitCode.STATE)
+        problem = f"{state_dir} is not writable by uid {os.geteuid()}; {STATE_DIR_ADVICE}"
+        if config.state_dir is not None:
+            problem = located(configs.where("state_dir"), "state_dir", problem)
+        line("FAIL", "state directory", problem, ExitCode.STATE)
+    _check_listener(configs, state_dir, line)
     await _check_kanidm(configs, line)
-    await _check_relay(config, line)
+    await _check_relay(configs, line)
     return verdict()
+
+
+def _check_listener(configs: Configs, state_dir: Path, line: Callable[..., None]) -> None:
+    """``metrics_listen`` can be bound (bound and let go at once)."""
+    listen = configs.mail.metrics_listen
+    if listen is None:
+        return
+    try:
+        socket.create_server((listen.host, listen.port)).close()
+    except OSError as exc:
+        holder = lock_holder(state_dir)
+        if exc.errno == errno.EADDRINUSE and holder is not None:
+            line("warn", "metrics", f"{listen} is in use, most likely by the daemon (pid {holder})")
+            return
+        problem = located(configs.where("metrics_listen"), "metrics_listen", listen.refusal(exc))
+        line("FAIL", "metrics", problem, ExitCode.CONFIG)
+    else:
+        line("ok", "metrics", f"{listen} can be listened on")
 
 
 async def _check_kanidm(configs: Configs, line: Callable[..., None]) -> None:
     """The token against Kanidm's queue (a bad ca_path is a configuration failure)."""
     try:
-        kanidm = make_kanidm(configs)
+        with configs.blame("ca_path"):
+            kanidm = make_kanidm(configs)
     except ConfigError as exc:
         line("FAIL", "kanidm", str(exc), ExitCode.CONFIG)
         return
@@ -176,15 +211,17 @@ async def _check_kanidm(configs: Configs, line: Callable[..., None]) -> None:
         await kanidm.aclose()
 
 
-async def _check_relay(config: MailSenderConfig, line: Callable[..., None]) -> None:
+async def _check_relay(configs: Configs, line: Callable[..., None]) -> None:
     """Token (for XOAUTH2), TLS and AUTH with the relay, then the sending limits."""
+    config = configs.mail
     limits = config.mail_rate_limit
     if limits:
         line("ok", "rate limit", ", ".join(str(rate) for rate in limits) + " across connections")
     try:
-        relay = make_relay(config)
+        with configs.blame("mail_ca_path"):
+            relay = make_relay(config)
     except ConfigError as exc:  # an unreadable mail_ca_path, say
-        line("FAIL", "relay", f"{config.relay.describe()}: {exc}", ExitCode.CONFIG)
+        line("FAIL", "relay", str(exc), ExitCode.CONFIG)
         return
     try:
         if isinstance(relay.auth, XOAuth2Auth):

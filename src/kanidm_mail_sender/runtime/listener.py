@@ -45,7 +45,4 @@ async def start_metrics_server(
     try:
         return await serve(handle, host, port, limits=METRICS_LIMITS)
     except OSError as exc:
-        raise ConfigError(
-            f"metrics_listen {host}:{port}: cannot listen there ({exc.strerror or exc}); "
-            "pick a free port and an address of this host, or remove the key"
-        ) from None
+        raise ConfigError(listen.refusal(exc)) from None

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 
 from kanidm_mail_sender.config.loading import Configs
 from kanidm_mail_sender.config.settings import MailSenderConfig
@@ -17,7 +18,7 @@ from kanidm_mail_sender.engine.engine import CANCEL_DEADLINE, Engine, EngineSett
 from kanidm_mail_sender.engine.health import HealthSettings
 from kanidm_mail_sender.engine.metrics import Metrics
 from kanidm_mail_sender.engine.sending import SendSettings
-from kanidm_mail_sender.errors import StateError
+from kanidm_mail_sender.errors import AlreadyRunning, StateError
 from kanidm_mail_sender.kanidm.client import KanidmClient
 from kanidm_mail_sender.kanidm.factory import make_kanidm
 from kanidm_mail_sender.logs import get_logger
@@ -72,6 +73,27 @@ def renderer_for(config: MailSenderConfig) -> Renderer:
     )
 
 
+def _open_journal(configs: Configs, path: Path) -> Journal:
+    """The journal in ``path``; a state directory the config names that cannot be used is
+    refused naming the file and the key."""
+    if configs.mail.state_dir is None:  # the default, or systemd's: named in the message
+        return Journal(path)
+    with configs.blame("state_dir", (StateError,), but=(AlreadyRunning,)):
+        return Journal(path)
+
+
+async def _make_peers(configs: Configs) -> tuple[KanidmClient, SmtpRelay]:
+    """Kanidm's client and the relay; a CA file that cannot be loaded names its file and key."""
+    with configs.blame("ca_path"):
+        kanidm = make_kanidm(configs)
+    try:
+        with configs.blame("mail_ca_path"):
+            return kanidm, make_relay(configs.mail)
+    except BaseException:
+        await kanidm.aclose()
+        raise
+
+
 def build_engine(
     configs: Configs,
     *,
@@ -103,8 +125,10 @@ async def run_main(
 ) -> None:
     """Run the daemon until a stop signal; raises on fatal errors."""
     config = configs.mail
-    schedule = config.schedule.require_future(datetime.now(UTC))
-    renderer = renderer_for(config)  # a broken template is exit 3 before the journal opens
+    with configs.blame("schedule"):
+        schedule = config.schedule.require_future(datetime.now(UTC))
+    with configs.blame("template_dir"):
+        renderer = renderer_for(config)  # a broken template is exit 3 before the journal opens
     raise_open_files_limit()
     place = settle_state_dir(
         resolve_state_dir(config, environ),
@@ -113,15 +137,14 @@ async def run_main(
     )
     if place.warning:
         log.warning("state.ephemeral", detail=place.warning)
-    journal = Journal(place.path)
+    journal = _open_journal(configs, place.path)
     try:
         prepare_requests(place.path)
-    except StateError:
+        kanidm, relay = await _make_peers(configs)
+    except BaseException:
         journal.close()
         raise
     metrics = Metrics()
-    kanidm = make_kanidm(configs)
-    relay = make_relay(config)
     engine = build_engine(
         configs, renderer=renderer, journal=journal, kanidm=kanidm, relay=relay, metrics=metrics
     )
@@ -132,7 +155,8 @@ async def run_main(
         with handle_signals(stop, on_repeat) as received:
             listen = config.metrics_listen
             if listen is not None:
-                server = await start_metrics_server(metrics, engine.view, listen)
+                with configs.blame("metrics_listen"):
+                    server = await start_metrics_server(metrics, engine.view, listen)
                 log.info("metrics.listening", address=str(listen))
             log.info(
                 "daemon.started",

@@ -58,7 +58,9 @@ def build_tls_context(ca_path: Path | None) -> ssl.SSLContext:
             context.load_verify_locations(cafile=str(ca_path))
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(
-                f"mail_ca_path {ca_path}: cannot load a PEM CA certificate from it ({exc})"
+                f"mail_ca_path {ca_path}: cannot load a PEM CA certificate from it ({exc}); "
+                "point it at the PEM file of the CA that signed the relay's certificate, or "
+                "remove the key to trust the system's CAs only"
             ) from None
     return context
 

@@ -10,9 +10,14 @@ from pathlib import Path
 from kanidm_mail_sender.errors import AlreadyRunning, StateError
 from kanidm_mail_sender.logs import get_logger
 
-__all__ = ["lock_holder", "take_lock"]
+__all__ = ["STATE_DIR_ADVICE", "lock_holder", "take_lock"]
 
 log = get_logger(__name__)
+
+# What to do about a state directory that cannot be used, for the daemon and --check alike.
+STATE_DIR_ADVICE = (
+    "set state_dir to a directory the service user owns, or use systemd's StateDirectory="
+)
 
 
 def lock_holder(state_dir: Path) -> int | None:
@@ -45,8 +50,7 @@ def take_lock(state_dir: Path) -> int:
         fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise StateError(
-            f"state directory {state_dir} is not writable ({exc.strerror}); set state_dir "
-            "to a directory the service user owns, or use systemd's StateDirectory="
+            f"state directory {state_dir} is not writable ({exc.strerror}); {STATE_DIR_ADVICE}"
         ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
