@@ -4,8 +4,10 @@ subprocess runners, polling, and small builders. Tests import them from here onl
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
+import json
 import os
 import signal
 import time
@@ -231,3 +233,18 @@ def journalled(state_dir: Path) -> list[HistoryRow]:
         return view.rows()
     finally:
         view.close()
+
+
+def jws(payload: bytes) -> str:
+    """A compact JWS around ``payload`` (its signature is for the stand-in to compare)."""
+
+    def part(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    return ".".join([part(b'{"alg":"ES256"}'), part(payload), part(b"signature")])
+
+
+def api_token(**fields: Any) -> str:
+    """An API token in Kanidm's full JSON form, with ``fields`` (``purpose``) set."""
+    body = {"account_id": "a", "token_id": "t", "label": "mail", "issued_at": 0, **fields}
+    return jws(json.dumps(body).encode())

@@ -17,7 +17,18 @@ from kanidm_mail_sender import __version__
 from kanidm_mail_sender.exitcodes import ExitCode
 from kanidm_mail_sender.sandbox.kanidm_server import KanidmStandIn
 from kanidm_mail_sender.sandbox.smtp_server import SmtpStandIn
-from tests.helpers import SMTP_AUTH, TOKEN, env, in_process, run, start, stop, wait_for
+from tests.helpers import (
+    ROOT,
+    SMTP_AUTH,
+    TOKEN,
+    api_token,
+    env,
+    in_process,
+    run,
+    start,
+    stop,
+    wait_for,
+)
 
 ConfigFiles = Callable[..., tuple[Path, Path]]
 Command = Callable[..., list[str]]
@@ -41,14 +52,69 @@ async def test_version_and_help() -> None:
     assert "--skip-root-check" not in out
 
 
-@pytest.mark.parametrize("value", ["maybe", "2"])
-async def test_bad_kanidm_debug_is_a_usage_error(value: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "debug", "said"),
+    [
+        ([], "maybe", "KANIDM_DEBUG"),
+        ([], "2", "KANIDM_DEBUG"),
+        (["--no-such-flag"], "0", "unrecognized arguments: --no-such-flag"),
+        (["--render"], "0", "expected one argument"),
+    ],
+)
+async def test_a_bad_flag_or_kanidm_debug_is_a_usage_error(
+    args: list[str], debug: str, said: str, tmp_path: Path
+) -> None:
     code, _, err = await in_process(
-        [sys.executable, "-m", "kanidm_mail_sender", "-c", str(tmp_path)],
-        environ=env(KANIDM_DEBUG=value),
+        [sys.executable, "-m", "kanidm_mail_sender", "-c", str(tmp_path), *args],
+        environ=env(KANIDM_DEBUG=debug),
     )
     assert code == ExitCode.USAGE
-    assert "KANIDM_DEBUG" in err
+    assert said in err
+
+
+# The tests here that drive each row of README's exit-code table with its real cause.
+EXIT_CODE_ROWS = {
+    ExitCode.OK: [
+        "test_daemon_delivers_ignores_hup_and_stops_cleanly_on_term",
+        "test_test_mode_sends_one_mail_without_kanidm",
+        "test_check_passes_on_a_good_setup",
+        "test_render_prints_the_whole_mail",
+    ],
+    ExitCode.FATAL: [
+        "test_mark_sent_401_stops_the_daemon_nonzero",
+        "test_a_journal_that_cannot_be_written_while_running_exits_1",
+    ],
+    ExitCode.USAGE: ["test_a_bad_flag_or_kanidm_debug_is_a_usage_error"],
+    ExitCode.CONFIG: [
+        "test_missing_config_exits_3",
+        "test_invalid_config_exits_3_without_leaking_secrets",
+        "test_schedule_without_future_fire_time_exits",
+        "test_a_value_refused_after_loading_names_file_and_key_in_both_start_and_check",
+    ],
+    ExitCode.ROOT: [
+        "test_refuses_root_without_skip",
+        "test_check_as_root_refuses_as_the_daemon_does",
+    ],
+    ExitCode.NOT_DONE: [
+        "test_test_mode_failure_exits_nonzero",
+        "test_check_reports_bad_token_and_bad_relay_password",
+        "test_check_finds_a_read_only_token_without_marking_anything",
+    ],
+    ExitCode.STATE: [
+        "test_second_instance_on_one_state_dir_exits",
+        "test_a_value_refused_after_loading_names_file_and_key_in_both_start_and_check",
+    ],
+}
+
+
+def test_every_row_of_the_readme_exit_code_table_is_driven_here() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### Exit codes", 1)[1].split("\n\n", 2)[1]
+    rows = [int(line.split("|")[1]) for line in table.splitlines()[2:]]
+    assert rows == [int(code) for code in ExitCode]
+    assert set(EXIT_CODE_ROWS) == set(ExitCode)
+    missing = [name for names in EXIT_CODE_ROWS.values() for name in names if name not in globals()]
+    assert not missing
 
 
 async def test_missing_config_exits_3(tmp_path: Path, daemon_command: Command) -> None:
@@ -248,9 +314,59 @@ async def test_check_passes_on_a_good_setup(
     code, out, _ = await in_process(daemon_command(client, mail, "--check"))
     assert code == ExitCode.OK, out
     assert "ok   kanidm: the token works; 1 message(s) ready" in out
+    assert "ok   kanidm: the token may mark messages sent" in out
     assert "ok   relay:" in out
     assert relay.mails == []
     assert kanidm.sent() == []
+
+
+READ_ONLY, READ_WRITE = api_token(purpose="readonly"), api_token(purpose="readwrite")
+
+
+@pytest.mark.parametrize(
+    ("token", "ready", "read_only", "code", "says"),
+    [
+        (TOKEN, True, True, ExitCode.NOT_DONE, "FAIL kanidm: the token may not set sent_at"),
+        (
+            READ_ONLY,
+            False,
+            True,
+            ExitCode.NOT_DONE,
+            "FAIL kanidm: the token is readonly",
+        ),
+        (
+            READ_WRITE,
+            False,
+            False,
+            ExitCode.OK,
+            "ok   kanidm: the token may mark",
+        ),
+        (TOKEN, False, True, ExitCode.OK, "warn kanidm: whether the token may mark"),
+    ],
+    ids=["read-only-seen-on-a-message", "read-only-token", "read-write-token", "cannot-tell"],
+)
+async def test_check_finds_a_read_only_token_without_marking_anything(
+    config_files: ConfigFiles,
+    daemon_command: Command,
+    kanidm: KanidmStandIn,
+    token: str,
+    ready: bool,
+    read_only: bool,
+    code: ExitCode,
+    says: str,
+) -> None:
+    """A read-only token lists the queue, so a start would send a mail and then stop at
+    its mark (403), and send it again at the next start: ``--check`` says so first, from
+    the token or from what Kanidm says it may do to a ready message, and marks nothing."""
+    kanidm.token = token
+    kanidm.faults.read_only = read_only
+    queued = [kanidm.queue_test_message("a@example.com")] if ready else []
+    client, mail = config_files(token=token)
+    got, out, _ = await in_process(daemon_command(client, mail, "--check"))
+    assert got == code, out
+    assert says in out
+    assert not kanidm.mark_calls
+    assert kanidm.unsent() == queued
 
 
 async def test_check_reports_bad_token_and_bad_relay_password(

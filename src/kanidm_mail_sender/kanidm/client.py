@@ -232,12 +232,16 @@ class KanidmClient:
         """Every message Kanidm holds, sent or not, as :meth:`ready` yields them."""
         return self._list(ALL_PATH, "listing all messages")
 
-    async def message(self, message_id: UUID) -> Any:
-        """One message's resource, sent or not; KanidmNotFound when Kanidm has none."""
+    async def message(self, message_id: UUID, *, access_check: bool = False) -> Any:
+        """One message's resource, sent or not; KanidmNotFound when Kanidm has none.
+        ``access_check``: with what this token may do to it (``extAccessCheck``)."""
         what = f"reading message {message_id}"
         body = bytearray()
+        params = {"extAccessCheck": "true"} if access_check else None
         with map_httpx_errors(what):
-            async with self._http.stream("GET", f"{ALL_PATH}/{message_id}") as response:
+            async with self._http.stream(
+                "GET", f"{ALL_PATH}/{message_id}", params=params
+            ) as response:
                 if response.status_code != 200:
                     raise status_error(response.status_code, await _excerpt(response), what)
                 async for chunk in response.aiter_bytes():
@@ -281,9 +285,15 @@ class KanidmClient:
         except ValueError as exc:
             raise KanidmResponseError(f"{what}: {exc}", status=200) from exc
 
-    async def count_ready(self) -> int:
-        """How many messages are ready (for ``--check``)."""
-        return sum([1 async for _ in self.ready()])
+    async def count_ready(self) -> tuple[int, UUID | None]:
+        """How many messages are ready, and the id of the first (for ``--check``)."""
+        count, first = 0, None
+        async for item in self.ready():
+            count += 1
+            if first is None and isinstance(item, dict):
+                with contextlib.suppress(ValueError, TypeError):
+                    first = UUID(str(item.get("id")))
+        return count, first
 
     async def mark_sent(self, message_id: UUID) -> None:
         """Tell Kanidm the message was relayed; success is exactly 200."""

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 from kanidm_mail_sender.config.loading import Configs, load_configs, located
 from kanidm_mail_sender.config.preflight import Identity, check_not_root
@@ -21,7 +21,9 @@ from kanidm_mail_sender.core.messages import TestMessageV1
 from kanidm_mail_sender.core.render import SAMPLE_MESSAGE_ID, Renderer, sample_template
 from kanidm_mail_sender.errors import ConfigError, MailSenderError, PreflightError, RelayError
 from kanidm_mail_sender.exitcodes import ExitCode
+from kanidm_mail_sender.kanidm.client import KanidmClient
 from kanidm_mail_sender.kanidm.factory import make_kanidm
+from kanidm_mail_sender.kanidm.token import TokenScope, may_modify, token_scope
 from kanidm_mail_sender.smtp.auth import XOAuth2Auth
 from kanidm_mail_sender.smtp.factory import make_relay
 from kanidm_mail_sender.state.lock import STATE_DIR_ADVICE, lock_holder
@@ -195,10 +197,7 @@ async def _check_kanidm(configs: Configs, line: Callable[..., None]) -> None:
         line("FAIL", "kanidm", str(exc), ExitCode.CONFIG)
         return
     try:
-        count = await kanidm.count_ready()
-    except MailSenderError as exc:
-        line("FAIL", "kanidm", str(exc))
-    else:
+        count, first = await kanidm.count_ready()
         line("ok", "kanidm", f"the token works; {count} message(s) ready")
         if count == 0:
             line(
@@ -207,8 +206,44 @@ async def _check_kanidm(configs: Configs, line: Callable[..., None]) -> None:
                 "an empty queue is also what a token outside "
                 "idm_message_senders sees; check the account's group if mail never flows",
             )
+        await _check_marking(configs.mail.token.get_secret_value(), kanidm, first, line)
+    except MailSenderError as exc:
+        line("FAIL", "kanidm", str(exc))
     finally:
         await kanidm.aclose()
+
+
+_READ_ONLY = (
+    "every mark-sent would get 403 and stop the daemon after its first mail, which the next "
+    "start would send again; generate a token with `kanidm service-account api-token "
+    "generate --readwrite` and put it in token"
+)
+
+
+async def _check_marking(
+    token: str, kanidm: KanidmClient, first: UUID | None, line: Callable[..., None]
+) -> None:
+    """Whether the token may mark messages sent, found without marking any: from the
+    token's own payload, else from what Kanidm says it may do to a ready message."""
+    scope = token_scope(token)
+    if scope in (TokenScope.READ_ONLY, TokenScope.SYNCHRONISE):
+        line("FAIL", "kanidm", f"the token is {scope.value}: {_READ_ONLY}")
+        return
+    allowed = None
+    if first is not None:
+        allowed = may_modify(await kanidm.message(first, access_check=True))
+    if allowed is False:
+        line("FAIL", "kanidm", f"the token may not set sent_at (read-only?): {_READ_ONLY}")
+    elif allowed or scope is TokenScope.READ_WRITE:
+        line("ok", "kanidm", "the token may mark messages sent")
+    else:
+        line(
+            "warn",
+            "kanidm",
+            "whether the token may mark messages sent cannot be told from a compact token "
+            "with no message ready; it must be made with --readwrite (a read-only one stops "
+            "the daemon at its first mark)",
+        )
 
 
 async def _check_relay(configs: Configs, line: Callable[..., None]) -> None:

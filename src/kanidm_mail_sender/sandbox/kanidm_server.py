@@ -88,6 +88,17 @@ class Faults:
     list_gzip_padding: int = 0
 
 
+SENDER_ACCOUNT = UUID("00000000-0000-4000-8000-00000000a11c")  # the token's service account
+_SEARCHABLE = (
+    "class",
+    "delete_after",
+    "mail_destination",
+    "message_template",
+    "send_after",
+    "sent_at",
+    "uuid",
+)
+
 _ERROR_BODIES = {
     401: b'"notauthenticated"',
     403: b'"accessdenied"',
@@ -241,7 +252,10 @@ class KanidmStandIn:
                 found = None
             if found is None:
                 return Response(404, _ERROR_BODIES[404])
-            return Response(200, json.dumps(found.resource()).encode())
+            resource = found.resource()
+            if "extAccessCheck=true" in request.path.partition("?")[2].split("&"):
+                resource["extAccessCheck"] = self._access()
+            return Response(200, json.dumps(resource).encode())
         return Response(405, b"", "text/plain")
 
     async def _ready(self) -> Response:
@@ -280,6 +294,18 @@ class KanidmStandIn:
             comma = True
         yield b"]}"
 
+    def _access(self) -> dict[str, Any]:
+        """A sender's effective access to a message, as Kanidm's ``extAccessCheck`` gives it
+        (a read-only token's scope denies every modify)."""
+        modify: Any = "Deny" if self.faults.read_only else {"Allow": ["sent_at"]}
+        return {
+            "ident": str(SENDER_ACCOUNT),
+            "delete": False,
+            "search": {"Allow": sorted(_SEARCHABLE)},
+            "modifyPresent": modify,
+            "modifyRemove": modify,
+        }
+
     async def _mark(self, message_id: UUID) -> Response:
         self.mark_calls[message_id] += 1
         if self.faults.mark_delay:
@@ -287,11 +313,11 @@ class KanidmStandIn:
         status = self.faults.mark_statuses.pop(0) if self.faults.mark_statuses else 200
         if status != 200:  # a scripted 200 is the normal answer
             return Response(status, _ERROR_BODIES.get(status, b'"error"'))
+        message = self.messages.get(message_id)
+        if message is None:  # Kanidm looks the entry up before it checks access
+            return Response(404, _ERROR_BODIES[404])
         if self.faults.read_only:
             return Response(403, _ERROR_BODIES[403])
-        message = self.messages.get(message_id)
-        if message is None:
-            return Response(404, _ERROR_BODIES[404])
         if message.sent_at is None:
             self._sent_count += 1
         message.sent_at = datetime.now(UTC)
