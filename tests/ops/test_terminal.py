@@ -4,6 +4,7 @@ never raw, in every table and ``show`` line."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -38,8 +39,7 @@ async def test_no_table_prints_a_control_character_raw(
 
     try:
         await wait_for(lambda: len(journalled(state_dir)) == 3, timeout=20)
-        outputs: dict[str, str] = {}
-        for args in (
+        commands = [
             ["queue"],
             ["history"],
             ["history", "--state", DEFERRED],
@@ -48,9 +48,12 @@ async def test_no_table_prints_a_control_character_raw(
             ["show", str(named)],
             ["show", str(replied)],
             ["show", str(quoted)],
-        ):
-            _, out, err = await run(daemon_command(client, mail, *args))
-            outputs[" ".join(args)] = out + err
+        ]
+        # Side by side: they only read, as an operator's would beside the daemon.
+        results = await asyncio.gather(*(run(daemon_command(client, mail, *a)) for a in commands))
+        outputs = {
+            " ".join(a): out + err for a, (_, out, err) in zip(commands, results, strict=True)
+        }
     finally:
         code, log = await stop(daemon)
     assert not RAW.search(log)  # the logs escape already
