@@ -303,6 +303,27 @@ async def test_render_prints_the_whole_mail(
     assert relay.mails == []
 
 
+@pytest.mark.parametrize(
+    ("language", "code", "said"),
+    [
+        ("de", ExitCode.OK, "Content-Language: de"),
+        ("ja", ExitCode.OK, "Content-Language: ja"),
+        ("tlh", ExitCode.CONFIG, "--language 'tlh': no catalog serves it; there are: cs, da"),
+    ],
+)
+async def test_render_previews_any_language(
+    config_files: ConfigFiles, daemon_command: Command, language: str, code: ExitCode, said: str
+) -> None:
+    client, mail = config_files(mail_timezone="Europe/Berlin")
+    command = daemon_command(
+        client, mail, "--render", "credential_reset_v1", "--language", language
+    )
+    got, out, err = await in_process(command)
+    assert got == code, err
+    assert said in out + err
+    assert "Traceback" not in err
+
+
 async def test_check_passes_on_a_good_setup(
     config_files: ConfigFiles,
     daemon_command: Command,
@@ -315,6 +336,7 @@ async def test_check_passes_on_a_good_setup(
     assert code == ExitCode.OK, out
     assert "ok   kanidm: the token works; 1 message(s) ready" in out
     assert "ok   kanidm: the token may mark messages sent" in out
+    assert "ok   templates: valid in 15 languages (cs, da, de, en, es," in out
     assert "ok   relay:" in out
     assert relay.mails == []
     assert kanidm.sent() == []
@@ -460,6 +482,7 @@ LATE_REFUSALS = [
     ({"schedule": "0 0 0 1 1 * 2020"}, "schedule", "mail", ExitCode.CONFIG, "give one that"),
     ({"state_dir": "{client}/state"}, "state_dir", "mail", ExitCode.STATE, "set state_dir"),
     ({"metrics_listen": "127.0.0.1:{taken}"}, "metrics_listen", "mail", ExitCode.CONFIG, "pick"),
+    ({"mail_language": "tlh"}, "mail_language", "mail", ExitCode.CONFIG, "there are: cs, da, de"),
 ]
 
 

@@ -96,6 +96,12 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         f"({', '.join(TEMPLATE_KINDS)}) and exit",
     )
     parser.add_argument(
+        "--language",
+        metavar="TAG",
+        help="with --render: the language of the preview (BCP 47, e.g. de or pt-BR); "
+        "default mail_language",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="check configs, templates, Kanidm and the relay, then exit",
@@ -275,7 +281,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.render is not None:
             from kanidm_mail_sender.ops.oneshot import render_preview
 
-            sys.stdout.buffer.write(render_preview(configs, args.render))
+            sys.stdout.buffer.write(render_preview(configs, args.render, args.language))
             sys.stdout.flush()
             return ExitCode.OK
         if args.test_email is not None:

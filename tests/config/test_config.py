@@ -86,6 +86,10 @@ def test_defaults_match_upstream(tmp_path: Path) -> None:
         ({"http_pipelining": "no"}, "http_pipelining", "valid boolean"),
         ({"metrics_listen": "localhost"}, "metrics_listen", "host:port"),
         ({"retry_initial_seconds": 100, "retry_max_seconds": 10}, "(file)", "retry_max_seconds"),
+        ({"mail_language": "de_DE; DROP"}, "mail_language", "not a language tag"),
+        ({"mail_timezone": "Europe/Nowhere"}, "mail_timezone", "not an IANA time zone"),
+        ({"mail_timezone": "../../etc/passwd"}, "mail_timezone", "Europe/Berlin"),
+        ({"mail_catalog_dir": "/no/such/dir"}, "mail_catalog_dir", "not a directory"),
     ],
 )
 def test_invalid_values_name_file_key_and_problem(

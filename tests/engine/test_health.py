@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from uuid import uuid4
 
-from kanidm_mail_sender.engine.dispatch import ReportedOnce
 from kanidm_mail_sender.engine.health import Change, HealthSettings, RelayHealth
+from kanidm_mail_sender.engine.incident import ReportedOnce
 from kanidm_mail_sender.engine.marking import RecentMarks
 
 

@@ -179,19 +179,21 @@ class Configs:
     @contextmanager
     def blame(
         self,
-        key: str,
+        *keys: str,
         errors: tuple[type[MailSenderError], ...] = (ConfigError,),
-        *,
         but: tuple[type[MailSenderError], ...] = (),
     ) -> Iterator[None]:
-        """Errors raised inside about ``key``'s value, found after loading (a directory, a
-        CA file, a port), are reworded to name the file and the key, as loading's are;
-        those of a kind in ``but`` are not about the value and pass unchanged."""
+        """Errors raised inside about a value, found after loading (a directory, a CA file,
+        a port), are reworded to name the file and the key, as loading's are: the key the
+        message begins with, else the first of ``keys``. Errors of a kind in ``but`` are
+        not about the value and pass unchanged."""
         try:
             yield
         except errors as exc:
             if not isinstance(exc, but):
-                exc.args = (located(self.where(key), key, str(exc)),)
+                text = str(exc)
+                key = next((k for k in keys if text.startswith(f"{k} ")), keys[0])
+                exc.args = (located(self.where(key), key, text),)
             raise
 
 

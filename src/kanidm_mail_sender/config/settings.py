@@ -4,9 +4,11 @@ defaults they start from. Reading and loading the files is ``config.loading``'s.
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from datetime import tzinfo
 from pathlib import Path
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -25,24 +27,38 @@ from kanidm_mail_sender.config.oauth import KEYS as OAUTH2_KEYS
 from kanidm_mail_sender.config.oauth import OAuth2Settings, oauth2_settings
 from kanidm_mail_sender.config.relays import RelayEndpoint, parse_relay_url
 from kanidm_mail_sender.core.addresses import check_address
-from kanidm_mail_sender.core.defaults import RETRY_INITIAL_SECONDS, RETRY_MAX_SECONDS, SEND_WORKERS
+from kanidm_mail_sender.core.defaults import (
+    DEFAULT_LANGUAGE,
+    RETRY_INITIAL_SECONDS,
+    RETRY_MAX_SECONDS,
+    SEND_WORKERS,
+)
 from kanidm_mail_sender.core.links import InstanceUrl
 from kanidm_mail_sender.core.ratelimit import Rate, parse_rates
 from kanidm_mail_sender.core.schedule import DEFAULT_SCHEDULE, Schedule, parse_schedule
+from kanidm_mail_sender.core.zones import DEFAULT_TIMEZONE, zone_named
 
 __all__ = [
     "DEFAULT_CLIENT_CONFIG",
     "DEFAULT_MAIL_CONFIG",
     "DEFAULT_STATE_DIR",
+    "TEMPLATE_KEYS",
     "ClientConfig",
     "ListenAddress",
     "MailSenderConfig",
     "split_listen",
 ]
 
+# The keys the templates are built from: a renderer's refusal names one of them.
+TEMPLATE_KEYS = ("template_dir", "mail_language", "mail_catalog_dir")
+
 DEFAULT_CLIENT_CONFIG = Path("/etc/kanidm/config")
 DEFAULT_MAIL_CONFIG = Path("/etc/kanidm/mail-sender")
 DEFAULT_STATE_DIR = Path("/var/lib/kanidm-mail-sender")
+
+
+# BCP 47 in the shape of its common tags: a language, then script, region or variant.
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8}){0,4}")
 
 
 def _parse_schedule(value: object) -> object:
@@ -55,6 +71,10 @@ def _parse_instance_url(value: object) -> object:
 
 def _parse_relay(value: object) -> object:
     return parse_relay_url(value) if isinstance(value, str) else value
+
+
+def _parse_zone(value: object) -> object:
+    return zone_named(value) if isinstance(value, str) else value
 
 
 def _parse_listen(value: object) -> object:
@@ -107,6 +127,13 @@ class MailSenderConfig(BaseModel):
     retry_initial_seconds: float = Field(default=RETRY_INITIAL_SECONDS, gt=0, le=86400)
     retry_max_seconds: float = Field(default=RETRY_MAX_SECONDS, gt=0, le=7 * 86400)
     template_dir: Path | None = None
+    # The mails' language (BCP 47) and the zone of the times in them (IANA), and a directory
+    # of gettext catalogs that add a language or correct a shipped one.
+    mail_catalog_dir: Path | None = None  # before mail_language, which is checked against it
+    mail_language: str = DEFAULT_LANGUAGE
+    mail_timezone: Annotated[tzinfo, BeforeValidator(_parse_zone)] = Field(
+        default=DEFAULT_TIMEZONE, validate_default=True
+    )
     log_format: Literal["text", "json"] = "text"
     metrics_listen: Annotated[ListenAddress | None, BeforeValidator(_parse_listen)] = None
     mail_rate_limit: tuple[Rate, ...] = ()  # written as "14/second" or a list of such
@@ -169,6 +196,26 @@ class MailSenderConfig(BaseModel):
             raise ValueError('must be a limit such as "14/second", or a list of them')
         return parse_rates(value)
 
+    @field_validator("mail_language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        """The tag's shape; whether a catalog serves it the renderer finds at start (this
+        file is read by the probe too, which must not load Babel)."""
+        value = value.strip()
+        if not _LANGUAGE_TAG.fullmatch(value):
+            raise ValueError(f"{value[:40]!r} is not a language tag such as de, pt-BR or zh-Hans")
+        return value
+
+    @field_validator("mail_catalog_dir")
+    @classmethod
+    def _catalog_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(
+                f"{value} is not a directory; point it at a directory of "
+                "<language>/LC_MESSAGES/messages.po, or remove the key"
+            )
+        return value
+
     @model_validator(mode="after")
     def _retry_order(self) -> MailSenderConfig:
         if self.retry_max_seconds < self.retry_initial_seconds:
@@ -186,6 +233,17 @@ class MailSenderConfig(BaseModel):
                 "mail_relay has user:password@ beside mail_oauth2_* keys; remove them from the URL"
             )
         return self
+
+    def template_settings(self) -> dict[str, Any]:
+        """What the renderer is built from: ``Renderer(**config.template_settings())``."""
+        return {
+            "instance_display_name": self.instance_display_name,
+            "instance_url": self.instance_url,
+            "template_dir": self.template_dir,
+            "language": self.mail_language,
+            "timezone": self.mail_timezone,
+            "catalog_dir": self.mail_catalog_dir,
+        }
 
     def oauth2(self) -> OAuth2Settings | None:
         """The OAuth 2.0 settings, when XOAUTH2 is configured."""

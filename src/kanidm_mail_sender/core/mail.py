@@ -113,7 +113,8 @@ def _fast_path(
             f"Date: {date}\r\nMessage-ID: {header_id}\r\n".encode("ascii"),
             _AUTOMATIC_BYTES,
             b'Content-Type: text/plain; charset="utf-8"\r\n'
-            b"Content-Transfer-Encoding: 7bit\r\nMIME-Version: 1.0\r\n\r\n",
+            b"Content-Transfer-Encoding: 7bit\r\nMIME-Version: 1.0\r\n",
+            _language_bytes(rendered.language),
             body,
         )
     )
@@ -164,7 +165,15 @@ def _stdlib_message(
         for part in msg.iter_parts():
             # The stdlib repeats MIME-Version on sub-parts; only the top level should carry it.
             del part["MIME-Version"]
+    # Last: set_content and add_alternative move or drop the Content-* headers set before.
+    msg["Content-Language"] = rendered.language
     return _with_to_and_subject(msg.as_bytes(policy=policy), destination, rendered.subject)
+
+
+@lru_cache(maxsize=64)
+def _language_bytes(tag: str) -> bytes:
+    """The Content-Language header (RFC 3282) and the blank line that ends the headers."""
+    return f"Content-Language: {tag}\r\n\r\n".encode("ascii")
 
 
 @lru_cache(maxsize=256)

@@ -6,6 +6,7 @@ and skipped while the rest of the queue goes on (upstream fails the whole poll).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -74,6 +75,7 @@ class QueuedMessage:
     destinations: tuple[str, ...]
     template: Template
     send_after: datetime | None = None
+    language: str | None = None  # BCP 47, when Kanidm says which the person reads
 
 
 def _text(value: Any, what: str, message_id: str | None) -> str:
@@ -138,7 +140,20 @@ def parse_resource(resource: Any) -> QueuedMessage:
         destinations=_destinations(resource.get("mail_destination"), raw_id),
         template=_template(resource["message_template"], raw_id),
         send_after=_timestamp(resource.get("send_after")),
+        language=_language(resource.get("language")),
     )
+
+
+# A BCP 47 tag in the shape of common ones; anything else is as if none were given.
+_LANGUAGE = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8}){0,4}")
+
+
+def _language(value: Any) -> str | None:
+    """The language a message carries: a field Kanidm's messaging design plans, read here
+    already; a value that is no tag is ignored rather than failing the message."""
+    if isinstance(value, str) and _LANGUAGE.fullmatch(value):
+        return value
+    return None
 
 
 def _timestamp(value: Any) -> datetime | None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -18,13 +19,17 @@ import jinja2
 import jinja2.meta
 import jinja2.nodes
 
+from kanidm_mail_sender.core.catalogs import Catalogs, bcp47
+from kanidm_mail_sender.core.defaults import DEFAULT_LANGUAGE
 from kanidm_mail_sender.core.links import InstanceUrl, action_url
+from kanidm_mail_sender.core.localtime import Clock
 from kanidm_mail_sender.core.messages import (
     TEMPLATE_KINDS,
     CredentialResetV1,
     Template,
     TestMessageV1,
 )
+from kanidm_mail_sender.core.trans import CompiledTrans, PlaceholderError
 from kanidm_mail_sender.errors import RenderError, TemplateError
 
 __all__ = ["SAMPLE_MESSAGE_ID", "RenderedMail", "Renderer", "rfc5322_utc", "sample_template"]
@@ -34,11 +39,13 @@ SAMPLE_MESSAGE_ID = UUID("0a9318dc-920f-4944-9ce4-91b4322b5dad")
 
 @dataclass(frozen=True, slots=True)
 class RenderedMail:
-    """The text parts of one mail, before headers are added."""
+    """The text parts of one mail, before headers are added, and their language."""
 
     subject: str
     text: str
     html: str | None
+    language: str = DEFAULT_LANGUAGE  # BCP 47, for Content-Language
+    unserved: str | None = None  # the language the message asked for, when none served it
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -68,15 +75,106 @@ def sample_template(kind: str, now: datetime) -> Template:
     raise TemplateError(f"unknown message kind {kind!r}; known kinds: {', '.join(TEMPLATE_KINDS)}")
 
 
-_INSTANCE_VARIABLES = frozenset({"instance_display_name", "instance_url", "kind"})
+# Names a template may read and still render the same for every mail of one language.
+_INSTANCE_VARIABLES = frozenset(
+    {"instance_display_name", "instance_url", "kind", "language", "gettext", "ngettext", "_"}
+)
+# What a template calls when it translates at render time.
+_GETTEXT = frozenset({"gettext", "ngettext", "pgettext", "npgettext", "_", "*"})
+# The variables that cost something to compute: only given when a template reads them.
+_COSTLY = frozenset({"expiry_text", "expires_in"})
 
 
 def _autoescape(name: str | None) -> bool:
     return bool(name and name.endswith(".html.j2"))
 
 
+Parts = tuple[jinja2.Template, jinja2.Template, jinja2.Template | None]
+
+
+class _Language:
+    """One language's templates: compiled with its catalog, with its clock."""
+
+    def __init__(
+        self, name: str, loader: jinja2.BaseLoader, translations: Any, clock: Clock
+    ) -> None:
+        self.name = name
+        self.tag = bcp47(name)
+        self.clock = clock
+        env = jinja2.Environment(
+            loader=loader,
+            undefined=jinja2.StrictUndefined,
+            autoescape=_autoescape,  # noqa: S701 - on for *.html.j2; text mail must not escape
+            keep_trailing_newline=True,
+            auto_reload=False,
+            extensions=[CompiledTrans],
+        )
+        env.compile_translations = translations  # type: ignore[attr-defined]
+        env.filters["format_datetime"] = clock.format
+        self.env = env
+        self.templates = {kind: self._load(kind) for kind in TEMPLATE_KINDS}
+        self.reads: dict[str, frozenset[str]] = {}
+        # A template that reads only the instance's settings renders the same for every
+        # mail of this language (the built-in subjects): rendered once, at its first use.
+        self.constant: dict[jinja2.Template, str] = {}
+        self.varies: set[jinja2.Template] = set()
+        for kind, parts in self.templates.items():
+            names: set[str] = set()
+            for template in parts:
+                if template is None:
+                    continue
+                read = self._reads(template)
+                names |= read
+                if not read <= _INSTANCE_VARIABLES:
+                    self.varies.add(template)
+            self.reads[kind] = frozenset(names)
+        if any(names & _GETTEXT for names in self.reads.values()):
+            # Only for plurals and gettext() in expressions: every render then copies these
+            # globals into its context, a tenth of a mail's render.
+            env.install_gettext_translations(translations, newstyle=True)  # type: ignore[attr-defined]
+
+    def _load(self, kind: str) -> Parts:
+        def get(name: str, required: bool) -> jinja2.Template | None:
+            try:
+                return self.env.get_template(name)
+            except jinja2.TemplateNotFound:
+                if required:
+                    raise TemplateError(f"template {name} is missing") from None
+                return None
+            except jinja2.TemplateSyntaxError as exc:
+                raise TemplateError(
+                    f"template {exc.filename or name}, line {exc.lineno}: {exc.message}"
+                ) from None
+            except PlaceholderError as exc:
+                raise TemplateError(f"template {name}, language {self.tag}: {exc}") from None
+
+        subject = get(f"{kind}.subject.j2", True)
+        text = get(f"{kind}.txt.j2", True)
+        assert subject is not None
+        assert text is not None
+        return subject, text, get(f"{kind}.html.j2", False)
+
+    def _reads(self, template: jinja2.Template) -> set[str]:
+        """The variables ``template`` reads; everything, when it includes or extends another
+        or uses the one built-in filter whose output its input does not fix (``random``)."""
+        name = template.name
+        loader = self.env.loader
+        if name is None or loader is None:
+            return {"*"}
+        source, _, _ = loader.get_source(self.env, name)
+        tree = self.env.parse(source)
+        if any(True for _ in jinja2.meta.find_referenced_templates(tree)) or any(
+            f.name == "random" for f in tree.find_all(jinja2.nodes.Filter)
+        ):
+            return {"*"}
+        # ``_`` is a global of the i18n extension, so Jinja does not count it as read.
+        called = {n.name for n in tree.find_all(jinja2.nodes.Name)} & _GETTEXT
+        return set(jinja2.meta.find_undeclared_variables(tree)) | called
+
+
 class Renderer:
-    """Renders a queued message's template into subject, text and optional HTML."""
+    """Renders a queued message's template into subject, text and optional HTML, in the
+    message's language when a catalog serves it, else in the configured one."""
 
     def __init__(
         self,
@@ -84,6 +182,9 @@ class Renderer:
         instance_display_name: str,
         instance_url: InstanceUrl | str,
         template_dir: Path | None = None,
+        language: str = DEFAULT_LANGUAGE,
+        timezone: tzinfo = UTC,
+        catalog_dir: Path | None = None,
     ) -> None:
         loaders: list[jinja2.BaseLoader] = []
         if template_dir is not None:
@@ -95,64 +196,64 @@ class Renderer:
                 )
             loaders.append(jinja2.FileSystemLoader(template_dir))
         loaders.append(jinja2.PackageLoader("kanidm_mail_sender.core", "templates"))
-        self._env = jinja2.Environment(
-            loader=jinja2.ChoiceLoader(loaders),
-            undefined=jinja2.StrictUndefined,
-            autoescape=_autoescape,  # noqa: S701 - on for *.html.j2; text mail must not escape
-            keep_trailing_newline=True,
-            auto_reload=False,
-        )
+        self._loader = jinja2.ChoiceLoader(loaders)
+        self._catalogs = Catalogs(catalog_dir)
+        self._zone = timezone
         self._display_name = instance_display_name
         self._instance_url = (
             instance_url if isinstance(instance_url, InstanceUrl) else InstanceUrl(instance_url)
         )
-        self._templates = {kind: self._load(kind) for kind in TEMPLATE_KINDS}
-        # A template that reads only the instance's settings renders the same for every
-        # mail (the built-in subjects): rendered once, at its first use.
-        self._constant: dict[jinja2.Template, str] = {}
-        self._varies = {
-            template
-            for parts in self._templates.values()
-            for template in parts
-            if template is not None and not self._instance_only(template)
-        }
+        default = self._catalogs.match(language)
+        if default is None:
+            raise TemplateError(
+                f"mail_language {language!r}: no catalog serves it; there are: "
+                f"{', '.join(bcp47(n) for n in self._catalogs.languages())} (or add one in "
+                "mail_catalog_dir)"
+            )
+        self._languages: dict[str, _Language] = {}
+        self._default = self.language(default)
+        self._asked: dict[str, _Language | None] = {}
 
-    def _load(self, kind: str) -> tuple[jinja2.Template, jinja2.Template, jinja2.Template | None]:
-        def get(name: str, required: bool) -> jinja2.Template | None:
-            try:
-                return self._env.get_template(name)
-            except jinja2.TemplateNotFound:
-                if required:
-                    raise TemplateError(f"template {name} is missing") from None
-                return None
-            except jinja2.TemplateSyntaxError as exc:
-                raise TemplateError(
-                    f"template {exc.filename or name}, line {exc.lineno}: {exc.message}"
-                ) from None
+    @property
+    def default_language(self) -> str:
+        """The configured language, as a BCP 47 tag."""
+        return self._default.tag
 
-        subject = get(f"{kind}.subject.j2", True)
-        text = get(f"{kind}.txt.j2", True)
-        assert subject is not None
-        assert text is not None
-        return subject, text, get(f"{kind}.html.j2", False)
+    def language(self, name: str) -> _Language:
+        """The templates of ``name`` (a Babel locale name with a catalog), built once."""
+        found = self._languages.get(name)
+        if found is None:
+            found = self._languages[name] = _Language(
+                name,
+                self._loader,
+                self._catalogs.translations(name),
+                Clock(name, self._zone),
+            )
+        return found
 
-    def _instance_only(self, template: jinja2.Template) -> bool:
-        """Whether ``template`` (with nothing it includes or extends) reads only the
-        instance's settings, so that its output is the same for every mail."""
-        name = template.name
-        loader = self._env.loader
-        if name is None or loader is None:
-            return False
-        source, _, _ = loader.get_source(self._env, name)
-        tree = self._env.parse(source)
-        if any(True for _ in jinja2.meta.find_referenced_templates(tree)):
-            return False
-        if any(f.name == "random" for f in tree.find_all(jinja2.nodes.Filter)):
-            return False  # the one built-in filter whose output is not fixed by its input
-        return jinja2.meta.find_undeclared_variables(tree) <= _INSTANCE_VARIABLES
+    def _for(self, asked: str | None) -> tuple[_Language, bool]:
+        """The language for a message that asks for ``asked``; True when it asked for one
+        no catalog serves (it gets the configured one)."""
+        if asked is None:
+            return self._default, False
+        if asked not in self._asked:
+            name = self._catalogs.match(asked)
+            self._asked[asked] = None if name is None else self.language(name)
+        found = self._asked[asked]
+        return (self._default, True) if found is None else (found, False)
 
-    def context(self, template: Template, *, message_id: UUID, destination: str) -> dict[str, Any]:
-        """The variables a template of this kind receives (documented in README)."""
+    def context(
+        self,
+        template: Template,
+        *,
+        message_id: UUID,
+        destination: str,
+        language: _Language | None = None,
+        now: datetime | None = None,
+    ) -> dict[str, Any]:
+        """The variables a template of this kind receives (documented in README); ``now``
+        (the wall clock when left out) is what ``expires_in`` counts from."""
+        lang = language or self._default
         context: dict[str, Any] = {
             "instance_display_name": self._display_name,
             "instance_url": self._instance_url,
@@ -160,34 +261,55 @@ class Renderer:
             "message_id": str(message_id),
             "destination": destination,
             "kind": template.kind,
+            "language": lang.tag,
         }
         if isinstance(template, CredentialResetV1):
+            expires = template.expiry_time
             context.update(
                 intent_id=template.intent_id,
                 reset_url=action_url(self._instance_url, "/ui/reset", template.intent_id),
                 revoke_url=action_url(self._instance_url, "/ui/revoke", template.intent_id),
-                expiry=rfc5322_utc(template.expiry_time),
-                expiry_time=template.expiry_time,
+                expiry=_rfc5322(expires, self._zone),
+                expiry_time=expires if self._zone is UTC else lang.clock.local(expires),
             )
+            reads = lang.reads[template.kind]
+            if "expiry_text" in reads or "*" in reads:
+                context["expiry_text"] = lang.clock.at(expires)
+            if "expires_in" in reads or "*" in reads:
+                context["expires_in"] = lang.clock.left(expires, now or datetime.now(UTC))
         return context
 
-    def render(self, template: Template, *, message_id: UUID, destination: str) -> RenderedMail:
-        """Render all parts of one mail; raises RenderError naming the file and line."""
-        subject_t, text_t, html_t = self._templates[template.kind]
-        context = self.context(template, message_id=message_id, destination=destination)
-        subject = " ".join(self._run(subject_t, context).split())
+    def render(
+        self,
+        template: Template,
+        *,
+        message_id: UUID,
+        destination: str,
+        language: str | None = None,
+        now: datetime | None = None,
+    ) -> RenderedMail:
+        """Render all parts of one mail, in ``language`` (a BCP 47 tag the message carries)
+        when a catalog serves it; raises RenderError naming the file and line."""
+        lang, missed = self._for(language)
+        subject_t, text_t, html_t = lang.templates[template.kind]
+        context = self.context(
+            template, message_id=message_id, destination=destination, language=lang, now=now
+        )
+        subject = " ".join(self._run(lang, subject_t, context).split())
         return RenderedMail(
             subject=subject,
-            text=self._run(text_t, context),
-            html=None if html_t is None else self._run(html_t, context),
+            text=self._run(lang, text_t, context),
+            html=None if html_t is None else self._run(lang, html_t, context),
+            language=lang.tag,
+            unserved=language if missed else None,
         )
 
-    def _run(self, template: jinja2.Template, context: dict[str, Any]) -> str:
-        if template in self._varies:
+    def _run(self, lang: _Language, template: jinja2.Template, context: dict[str, Any]) -> str:
+        if template in lang.varies:
             return self._render(template, context)
-        text = self._constant.get(template)
+        text = lang.constant.get(template)
         if text is None:
-            text = self._constant[template] = self._render(template, context)
+            text = lang.constant[template] = self._render(template, context)
         return text
 
     @staticmethod
@@ -208,27 +330,47 @@ class Renderer:
         instance_display_name: str,
         instance_url: InstanceUrl | str,
         template_dir: Path | None = None,
+        language: str = DEFAULT_LANGUAGE,
+        timezone: tzinfo = UTC,
+        catalog_dir: Path | None = None,
     ) -> Renderer:
         """A renderer whose every template was rendered once with sample data."""
         renderer = cls(
             instance_display_name=instance_display_name,
             instance_url=instance_url,
             template_dir=template_dir,
+            language=language,
+            timezone=timezone,
+            catalog_dir=catalog_dir,
         )
         renderer.check_all(datetime.now(UTC))
         return renderer
 
-    def check_all(self, now: datetime) -> None:
-        """Render every kind with sample data; raises TemplateError on the first broken one."""
-        for kind in TEMPLATE_KINDS:
-            try:
-                self.render(
-                    sample_template(kind, now),
-                    message_id=SAMPLE_MESSAGE_ID,
-                    destination="alice@example.com",
-                )
-            except RenderError as exc:
-                raise TemplateError(str(exc)) from None
+    def check_all(self, now: datetime, languages: list[str] | None = None) -> None:
+        """Render every kind with sample data, in the configured language or each of
+        ``languages`` (Babel names); raises TemplateError on the first broken one."""
+        for name in languages or [self._default.name]:
+            for kind in TEMPLATE_KINDS:
+                try:
+                    self.render(
+                        sample_template(kind, now),
+                        message_id=SAMPLE_MESSAGE_ID,
+                        destination="alice@example.com",
+                        language=bcp47(name),
+                    )
+                except RenderError as exc:
+                    raise TemplateError(str(exc)) from None
+
+    def languages(self) -> list[str]:
+        """Every language with a catalog (Babel names)."""
+        return self._catalogs.languages()
+
+
+def _rfc5322(moment: datetime, zone: tzinfo) -> str:
+    """The expiry as upstream writes it (RFC 2822, UTC), or in the configured zone."""
+    if zone is UTC:
+        return rfc5322_utc(moment)
+    return format_datetime(moment.astimezone(zone))
 
 
 def _template_line(filename: str | None) -> int | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from kanidm_mail_sender.core.messages import (
 from kanidm_mail_sender.core.planning import NO_DESTINATION, Action, backoff_delay, plan_message
 from kanidm_mail_sender.core.states import REJECTED, DestinationState
 from kanidm_mail_sender.engine.expiry import record_expired
-from kanidm_mail_sender.engine.incident import LOG_INTERVAL, Incident
+from kanidm_mail_sender.engine.incident import LOG_INTERVAL, Incident, ReportedOnce
 from kanidm_mail_sender.engine.inflight import InFlight, Phase, StageContext
 from kanidm_mail_sender.engine.marking import MarkStage
 from kanidm_mail_sender.engine.metrics import SKIP_REASONS
@@ -37,7 +36,7 @@ from kanidm_mail_sender.errors import KanidmAuthError, KanidmError, KanidmNotFou
 from kanidm_mail_sender.logs import get_logger
 from kanidm_mail_sender.state.journal import STATES_BATCH, Journal
 
-__all__ = ["DispatchSettings", "Dispatcher", "ReadyList", "ReportedOnce", "drain"]
+__all__ = ["DispatchSettings", "Dispatcher", "ReadyList", "drain"]
 
 log = get_logger(__name__)
 
@@ -58,30 +57,6 @@ class DispatchSettings:
     reported_capacity: int = 10_000
     skipped_lines_per_poll: int = 20
     standby_delay: float = 0.0  # > 0: a standby, leaving fresher messages to the primary
-
-
-class ReportedOnce:
-    """A bounded memory of what was already logged: the oldest entries are forgotten first."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._seen: OrderedDict[str, None] = OrderedDict()
-
-    def first_time(self, key: str) -> bool:
-        """True the first time ``key`` is seen (or after it was forgotten)."""
-        if key in self._seen:
-            self._seen.move_to_end(key)
-            return False
-        self._seen[key] = None
-        if len(self._seen) > self._capacity:
-            self._seen.popitem(last=False)
-        return True
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._seen
 
 
 class Dispatcher:

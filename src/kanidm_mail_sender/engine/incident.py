@@ -3,9 +3,10 @@ interval, so an outage cannot flood the log."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
-__all__ = ["LOG_INTERVAL", "Incident"]
+__all__ = ["LOG_INTERVAL", "Incident", "ReportedOnce"]
 
 # Repeated identical failures are logged at most this often, by every stage.
 LOG_INTERVAL = 300.0
@@ -31,3 +32,27 @@ class Incident:
         """Close the incident; returns how many failures it had (0: there was none)."""
         failures, self.failures, self.logged_at = self.failures, 0, -1e18
         return failures
+
+
+class ReportedOnce:
+    """A bounded memory of what was already logged: the oldest entries are forgotten first."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def first_time(self, key: str) -> bool:
+        """True the first time ``key`` is seen (or after it was forgotten)."""
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._seen

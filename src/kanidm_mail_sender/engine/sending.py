@@ -32,7 +32,7 @@ from kanidm_mail_sender.engine.admission import Admission
 from kanidm_mail_sender.engine.evidence import Evidence, EvidenceRules, Judgement
 from kanidm_mail_sender.engine.expiry import record_expired
 from kanidm_mail_sender.engine.health import PauseCause
-from kanidm_mail_sender.engine.incident import LOG_INTERVAL
+from kanidm_mail_sender.engine.incident import LOG_INTERVAL, ReportedOnce
 from kanidm_mail_sender.engine.inflight import Phase, StageContext
 from kanidm_mail_sender.engine.marking import MarkStage
 from kanidm_mail_sender.engine.outcomes import (
@@ -45,7 +45,7 @@ from kanidm_mail_sender.engine.outcomes import (
     spent_after_all,
 )
 from kanidm_mail_sender.errors import RelayError, RenderError, StateError
-from kanidm_mail_sender.logs import get_logger
+from kanidm_mail_sender.logs import get_logger, printable
 from kanidm_mail_sender.state.journal import Journal
 
 __all__ = ["Job", "MailTransport", "SendSettings", "SendStage"]
@@ -142,6 +142,7 @@ class SendStage:
         self._s = settings
         self._evidence = Evidence(evidence)
         self._accepted = 0  # mails accepted since start: other mail went out meanwhile
+        self._unserved = ReportedOnce(256)  # languages asked for that no catalog serves
         self.abandoned: list[UUID] = []  # taken off the queue, then not sent: we stopped
 
     async def worker(self) -> None:
@@ -274,8 +275,20 @@ class SendStage:
     def _envelope(self, message: QueuedMessage, destination: str) -> Envelope:
         check_address(destination)
         rendered = self._renderer.render(
-            message.template, message_id=message.id, destination=destination
+            message.template,
+            message_id=message.id,
+            destination=destination,
+            language=message.language,
         )
+        if rendered.unserved is not None and self._unserved.first_time(rendered.unserved):
+            log.warning(
+                "message.language_unserved",
+                message_id=str(message.id),
+                language=printable(rendered.unserved),
+                sent_in=rendered.language,
+                note="no catalog serves this language; its mails go in mail_language (add a "
+                "catalog in mail_catalog_dir); logged once per language",
+            )
         return build_message(
             rendered,
             identity=self._identity,

@@ -13,9 +13,10 @@ from uuid import UUID, uuid4
 
 from kanidm_mail_sender.config.loading import Configs, load_configs, located
 from kanidm_mail_sender.config.preflight import Identity, check_not_root
-from kanidm_mail_sender.config.settings import MailSenderConfig
+from kanidm_mail_sender.config.settings import TEMPLATE_KEYS, MailSenderConfig
 from kanidm_mail_sender.config.statedir import resolve_state_dir, state_dir_named
 from kanidm_mail_sender.core.addresses import check_address
+from kanidm_mail_sender.core.catalogs import bcp47
 from kanidm_mail_sender.core.mail import MailIdentity, build_message
 from kanidm_mail_sender.core.messages import TestMessageV1
 from kanidm_mail_sender.core.render import SAMPLE_MESSAGE_ID, Renderer, sample_template
@@ -35,11 +36,15 @@ TEST_DISPLAY_NAME = "KANIDM MAIL SENDER TEST"
 
 
 def _renderer(config: MailSenderConfig) -> Renderer:
-    return Renderer.checked(
-        instance_display_name=config.instance_display_name,
-        instance_url=config.instance_url,
-        template_dir=config.template_dir,
-    )
+    return Renderer.checked(**config.template_settings())
+
+
+def _every_language(config: MailSenderConfig) -> str:
+    """Every template rendered with sample data in every language with a catalog."""
+    renderer = _renderer(config)
+    languages = renderer.languages()
+    renderer.check_all(datetime.now(UTC), languages=languages)
+    return f"valid in {len(languages)} languages ({', '.join(bcp47(n) for n in languages)})"
 
 
 def _identity(config: MailSenderConfig, display_name: str | None = None) -> MailIdentity:
@@ -55,7 +60,7 @@ async def send_test(configs: Configs, address: str) -> str:
     config = configs.mail
     with configs.blame("schedule"):
         config.schedule.require_future(datetime.now(UTC))
-    with configs.blame("template_dir"):
+    with configs.blame(*TEMPLATE_KEYS):
         renderer = _renderer(config)
     with configs.blame("mail_ca_path"):
         relay = make_relay(config)
@@ -80,15 +85,24 @@ async def send_test(configs: Configs, address: str) -> str:
         await relay.close()
 
 
-def render_preview(configs: Configs, kind: str) -> bytes:
-    """The complete mail that ``kind`` would produce for sample data."""
+def render_preview(configs: Configs, kind: str, language: str | None = None) -> bytes:
+    """The complete mail that ``kind`` would produce for sample data, in ``language`` (a BCP
+    47 tag; mail_language when None)."""
     config = configs.mail
-    with configs.blame("template_dir"):
+    with configs.blame(*TEMPLATE_KEYS):
         renderer = _renderer(config)
     now = datetime.now(UTC)
     rendered = renderer.render(
-        sample_template(kind, now), message_id=SAMPLE_MESSAGE_ID, destination="alice@example.com"
+        sample_template(kind, now),
+        message_id=SAMPLE_MESSAGE_ID,
+        destination="alice@example.com",
+        language=language,
     )
+    if rendered.unserved is not None:
+        raise ConfigError(
+            f"--language {language!r}: no catalog serves it; there are: "
+            f"{', '.join(bcp47(name) for name in renderer.languages())}"
+        )
     return build_message(
         rendered,
         identity=_identity(config),
@@ -136,18 +150,18 @@ async def run_check(
     for warning in warnings:
         line("warn", "configuration", warning)
     config = configs.mail
-    checks: list[tuple[str, str, Callable[[], object]]] = [
-        ("templates", "template_dir", lambda: _renderer(config)),
-        ("schedule", "schedule", lambda: config.schedule.require_future(datetime.now(UTC))),
+    checks: list[tuple[str, tuple[str, ...], Callable[[], object]]] = [
+        ("templates", TEMPLATE_KEYS, lambda: _every_language(config)),
+        ("schedule", ("schedule",), lambda: config.schedule.require_future(datetime.now(UTC))),
     ]
-    for name, key, check in checks:
+    for name, keys, check in checks:
         try:
-            with configs.blame(key):
-                check()
+            with configs.blame(*keys):
+                said = check()
         except MailSenderError as exc:
             line("FAIL", name, str(exc), ExitCode.CONFIG)
         else:
-            line("ok", name, "valid")
+            line("ok", name, said if isinstance(said, str) else "valid")
     state_dir = resolve_state_dir(config, environ)
     if writable(state_dir):
         line("ok", "state directory", f"{state_dir} is writable")

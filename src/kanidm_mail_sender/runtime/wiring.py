@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kanidm_mail_sender.config.loading import Configs
-from kanidm_mail_sender.config.settings import MailSenderConfig
+from kanidm_mail_sender.config.settings import TEMPLATE_KEYS, MailSenderConfig
 from kanidm_mail_sender.config.statedir import resolve_state_dir, state_dir_named
 from kanidm_mail_sender.core.mail import MailIdentity
 from kanidm_mail_sender.core.render import Renderer
@@ -66,11 +66,7 @@ def engine_settings(config: MailSenderConfig) -> EngineSettings:
 
 def renderer_for(config: MailSenderConfig) -> Renderer:
     """The renderer of the config's templates, every one rendered once with sample data."""
-    return Renderer.checked(
-        instance_display_name=config.instance_display_name,
-        instance_url=config.instance_url,
-        template_dir=config.template_dir,
-    )
+    return Renderer.checked(**config.template_settings())
 
 
 def _open_journal(configs: Configs, path: Path) -> Journal:
@@ -78,7 +74,7 @@ def _open_journal(configs: Configs, path: Path) -> Journal:
     refused naming the file and the key."""
     if configs.mail.state_dir is None:  # the default, or systemd's: named in the message
         return Journal(path)
-    with configs.blame("state_dir", (StateError,), but=(AlreadyRunning,)):
+    with configs.blame("state_dir", errors=(StateError,), but=(AlreadyRunning,)):
         return Journal(path)
 
 
@@ -127,7 +123,7 @@ async def run_main(
     config = configs.mail
     with configs.blame("schedule"):
         schedule = config.schedule.require_future(datetime.now(UTC))
-    with configs.blame("template_dir"):
+    with configs.blame(*TEMPLATE_KEYS):
         renderer = renderer_for(config)  # a broken template is exit 3 before the journal opens
     raise_open_files_limit()
     place = settle_state_dir(

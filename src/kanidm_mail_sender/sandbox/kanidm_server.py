@@ -107,6 +107,10 @@ _ERROR_BODIES = {
 }
 
 
+def _language(tag: str | None) -> dict[str, str]:
+    return {} if tag is None else {"language": tag}
+
+
 async def _drip(body: AsyncIterator[bytes], delay: float) -> AsyncIterator[bytes]:
     async for chunk in body:
         for start in range(0, len(chunk), 8):
@@ -149,10 +153,17 @@ class KanidmStandIn:
         self.messages[message.id] = message
         return message.id
 
-    def queue_test_message(self, to: str | list[str], display_name: str = "Ellie Example") -> UUID:
-        """Queue a ``TestMessageV1``."""
+    def queue_test_message(
+        self,
+        to: str | list[str],
+        display_name: str = "Ellie Example",
+        *,
+        language: str | None = None,
+    ) -> UUID:
+        """Queue a ``TestMessageV1``; ``language``: the attribute a Kanidm may add one day."""
         targets = [to] if isinstance(to, str) else to
-        return self._add({"TestMessageV1": {"display_name": display_name}}, targets)
+        template = {"TestMessageV1": {"display_name": display_name}}
+        return self._add(template, targets, **_language(language))
 
     def queue_credential_reset(
         self,
@@ -161,6 +172,7 @@ class KanidmStandIn:
         *,
         expires_in: float = 3600,
         intent: str | None = None,
+        language: str | None = None,
     ) -> UUID:
         """Queue a ``CredentialResetV1``; a negative ``expires_in`` makes it already expired."""
         targets = [to] if isinstance(to, str) else to
@@ -172,7 +184,7 @@ class KanidmStandIn:
                 "expiry_time": expiry,
             }
         }
-        return self._add(template, targets)
+        return self._add(template, targets, **_language(language))
 
     def queue_raw(self, template: Any, destinations: list[str]) -> UUID:
         """Queue an entry with any template value (unknown variants, malformed shapes)."""
