@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.contentmanager
 import email.policy
 import hashlib
 import re
@@ -83,27 +84,34 @@ def _header_bytes(name: str, value: str | tuple[str, str]) -> bytes:
     return msg.as_bytes(policy=_POLICY).split(b"\r\n\r\n", 1)[0] + b"\r\n"
 
 
-def _simple_body(text: str) -> bytes | None:
-    """The 7bit body the stdlib would produce, or None when it would choose another encoding."""
-    if not text.isascii():
+def _simple_body(text: str) -> tuple[bytes, bytes] | None:
+    """The Content-Transfer-Encoding and body the stdlib would write for ``text``: 7bit for
+    short ASCII lines, else quoted-printable or base64 as its heuristic picks (a translated
+    mail is mostly ASCII: quoted-printable). None when this Python has no such helper."""
+    if text.isascii():
+        lines = text.splitlines()
+        limit = _POLICY.max_line_length or 78
+        if all(len(line) <= limit for line in lines):
+            return b"7bit", ("\r\n".join(lines) + "\r\n").encode("ascii")
+    encode = getattr(email.contentmanager, "_encode_text", None)  # the stdlib's own choice
+    if encode is None:  # pragma: no cover - every Python from 3.6 to 3.14 has it
         return None
-    lines = text.splitlines()
-    limit = _POLICY.max_line_length or 78
-    if any(len(line) > limit for line in lines):
-        return None
-    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+    cte, data = encode(text, "utf-8", None, _POLICY)
+    lines = data.splitlines()
+    return cte.encode("ascii"), ("\r\n".join(lines) + "\r\n").encode("ascii")
 
 
 def _fast_path(
     rendered: RenderedMail, identity: MailIdentity, destination: str, date: str, header_id: str
 ) -> bytes | None:
-    """The common case (plain ASCII text, simple address) built directly: the stdlib builder
+    """The common case (plain text, simple address) built directly: the stdlib builder
     costs milliseconds per mail, which would cap throughput far below the relay's."""
     if rendered.html is not None or not _SIMPLE_ADDRESS.fullmatch(destination):
         return None
-    body = _simple_body(rendered.text)
-    if body is None:
+    encoded = _simple_body(rendered.text)
+    if encoded is None:
         return None
+    cte, body = encoded
     return b"".join(
         (
             _header_bytes("From", (identity.display_name, identity.from_address)),
@@ -112,8 +120,9 @@ def _fast_path(
             _subject_bytes(rendered.subject),
             f"Date: {date}\r\nMessage-ID: {header_id}\r\n".encode("ascii"),
             _AUTOMATIC_BYTES,
-            b'Content-Type: text/plain; charset="utf-8"\r\n'
-            b"Content-Transfer-Encoding: 7bit\r\nMIME-Version: 1.0\r\n",
+            b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: ',
+            cte,
+            b"\r\nMIME-Version: 1.0\r\n",
             _language_bytes(rendered.language),
             body,
         )
