@@ -75,14 +75,12 @@ def sample_template(kind: str, now: datetime) -> Template:
     raise TemplateError(f"unknown message kind {kind!r}; known kinds: {', '.join(TEMPLATE_KINDS)}")
 
 
-# Names a template may read and still render the same for every mail of one language.
-_INSTANCE_VARIABLES = frozenset(
-    {"instance_display_name", "instance_url", "kind", "language", "gettext", "ngettext", "_"}
-)
-# What a template calls when it translates at render time.
+# What a template calls when it translates at render time ("*": it may, unseen).
 _GETTEXT = frozenset({"gettext", "ngettext", "pgettext", "npgettext", "_", "*"})
-# The variables that cost something to compute: only given when a template reads them.
-_COSTLY = frozenset({"expiry_text", "expires_in"})
+# Names a template may read and still render the same for every mail of one language.
+_INSTANCE_VARIABLES = frozenset({"instance_display_name", "instance_url", "kind", "language"}) | (
+    _GETTEXT - {"*"}
+)
 
 
 def _autoescape(name: str | None) -> bool:
@@ -324,25 +322,10 @@ class Renderer:
             ) from None
 
     @classmethod
-    def checked(
-        cls,
-        *,
-        instance_display_name: str,
-        instance_url: InstanceUrl | str,
-        template_dir: Path | None = None,
-        language: str = DEFAULT_LANGUAGE,
-        timezone: tzinfo = UTC,
-        catalog_dir: Path | None = None,
-    ) -> Renderer:
-        """A renderer whose every template was rendered once with sample data."""
-        renderer = cls(
-            instance_display_name=instance_display_name,
-            instance_url=instance_url,
-            template_dir=template_dir,
-            language=language,
-            timezone=timezone,
-            catalog_dir=catalog_dir,
-        )
+    def checked(cls, **settings: Any) -> Renderer:
+        """A renderer (of :class:`Renderer`'s own arguments) whose every template was
+        rendered once with sample data."""
+        renderer = cls(**settings)
         renderer.check_all(datetime.now(UTC))
         return renderer
 

@@ -2,16 +2,15 @@
 
 Before every attempt a worker asks the relay's health for a slot (so a relay that is down or
 throttling us costs no attempts and a bounded number of connections), checks the reset link's
-expiry (again right before DATA, inside the relay), and journals the outcome. A message whose
-every destination is accepted goes to the marking stage.
+expiry (again right before DATA, inside the relay), and journals an acceptance; a failed
+attempt goes to ``engine.attempts``. A message whose every destination is accepted goes to the
+marking stage.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,36 +23,26 @@ from kanidm_mail_sender.core.defaults import RETRY_INITIAL_SECONDS, RETRY_MAX_SE
 from kanidm_mail_sender.core.links import link_secrets
 from kanidm_mail_sender.core.mail import Envelope, MailIdentity, build_message
 from kanidm_mail_sender.core.messages import CredentialResetV1, QueuedMessage
-from kanidm_mail_sender.core.planning import Plan, backoff_delay, expires_at, is_expired
+from kanidm_mail_sender.core.planning import Plan, expires_at, is_expired
 from kanidm_mail_sender.core.render import Renderer
-from kanidm_mail_sender.core.replies import Receipt, Verdict, redact_reply
-from kanidm_mail_sender.core.states import ACCEPTED, DEFERRED, EXPIRED, REJECTED
+from kanidm_mail_sender.core.replies import Receipt
+from kanidm_mail_sender.core.states import ACCEPTED
 from kanidm_mail_sender.engine.admission import Admission
-from kanidm_mail_sender.engine.evidence import Evidence, EvidenceRules, Judgement
-from kanidm_mail_sender.engine.expiry import record_expired
-from kanidm_mail_sender.engine.health import PauseCause
+from kanidm_mail_sender.engine.attempts import Attempt, Failures
+from kanidm_mail_sender.engine.evidence import Evidence, EvidenceRules
 from kanidm_mail_sender.engine.incident import LOG_INTERVAL, ReportedOnce
 from kanidm_mail_sender.engine.inflight import Phase, StageContext
 from kanidm_mail_sender.engine.marking import MarkStage
 from kanidm_mail_sender.engine.outcomes import (
-    HealthEvent,
     Next,
-    Outcome,
-    counted_after_all,
-    escalated,
-    outcome,
-    spent_after_all,
 )
-from kanidm_mail_sender.errors import RelayError, RenderError, StateError
+from kanidm_mail_sender.errors import StateError
 from kanidm_mail_sender.logs import get_logger, printable
 from kanidm_mail_sender.state.journal import Journal
 
 __all__ = ["Job", "MailTransport", "SendSettings", "SendStage"]
 
 log = get_logger(__name__)
-
-# The refusals whose words name a party: they pause with that party as the cause.
-_NAMED_CAUSES = frozenset({PauseCause.SENDER.value, PauseCause.QUOTA.value})
 
 
 class MailTransport(Protocol):
@@ -85,28 +74,6 @@ class SendSettings:
     retry_initial: float = RETRY_INITIAL_SECONDS
     retry_max: float = RETRY_MAX_SECONDS
     log_interval: float = LOG_INTERVAL
-
-
-@dataclass(slots=True)
-class Attempt:
-    """One destination of one message, over the tries a worker makes of it in one job."""
-
-    message: QueuedMessage
-    destination: str
-    number: int  # the attempt number the journal records for it
-    secrets: tuple[str, ...]  # the reset link's secret: never kept from a relay reply
-    accepted_before: int  # the stage's acceptances when this destination began
-    free: int = 0  # relay-wide verdicts drawn in a row, which spent no attempt
-    started: float = 0.0  # monotonic time the current try began
-
-    @property
-    def ids(self) -> dict[str, str]:
-        """The attempt's keys in a log line."""
-        return {"message_id": str(self.message.id), "destination": self.destination}
-
-    def redact(self, text: str) -> str:
-        """``text`` without this message's link secrets."""
-        return redact_reply(text, self.secrets, base64_runs=False) if self.secrets else text
 
 
 class SendStage:
@@ -141,6 +108,15 @@ class SendStage:
         self._clock = context.clock
         self._s = settings
         self._evidence = Evidence(evidence)
+        self._failures = Failures(
+            journal=journal,
+            metrics=context.metrics,
+            admission=admission,
+            evidence=self._evidence,
+            retry_initial=settings.retry_initial,
+            retry_max=settings.retry_max,
+            clock=context.clock,
+        )
         self._accepted = 0  # mails accepted since start: other mail went out meanwhile
         self._unserved = ReportedOnce(256)  # languages asked for that no catalog serves
         self.abandoned: list[UUID] = []  # taken off the queue, then not sent: we stopped
@@ -227,7 +203,7 @@ class SendStage:
             if self._stopping.is_set():
                 return None
             if is_expired(message, self._clock()):
-                await self._expire(attempt)
+                await self._failures.expire(attempt)
                 return None
             if not await self._admission.admit():
                 return None
@@ -238,7 +214,9 @@ class SendStage:
                     envelope, not_after=not_after, clock=self._clock
                 )
             except BaseException as exc:
-                then = await self._failed(exc, attempt)
+                then = await self._failures.apply(
+                    exc, attempt, self._accepted - attempt.accepted_before
+                )
                 if then is Next.RETRY:
                     attempt.free += 1
                     continue
@@ -295,141 +273,6 @@ class SendStage:
             destination=destination,
             message_id=message.id,
             date=datetime.now(UTC),
-        )
-
-    async def _failed(self, exc: BaseException, attempt: Attempt) -> Next:
-        """Journal and report one failed attempt; returns what the worker does next."""
-        message_id, destination, ids = attempt.message.id, attempt.destination, attempt.ids
-        result = outcome(exc)
-        if result is None:
-            self._admission.report(
-                self._health.cancelled(), counted=True
-            )  # cut off: it may have gone
-            raise exc
-        ours = isinstance(exc, RelayError | RenderError)
-        # A reset link the relay quotes (a content filter naming the URL it refused) is
-        # never journalled, logged, published or shown: the mail was refused, so the link
-        # is still valid.
-        # (The relay's own words were cleared of AUTH echoes where the reply was read.)
-        error = attempt.redact(str(exc) if ours else f"invalid address: {exc}")
-        refusal = exc.refusal if isinstance(exc, RelayError) else None
-        if refusal is not None and attempt.secrets:
-            refusal = dataclasses.replace(refusal, text=attempt.redact(refusal.text))
-        cause = PauseCause.RELAY
-        if refusal is not None and refusal.cause.value in _NAMED_CAUSES:
-            cause = PauseCause(refusal.cause.value)
-        judgement = None
-        if refusal is not None and result.state is not None and result.state != EXPIRED:
-            judgement = self._evidence.refused(
-                time.monotonic(), message_id, destination, refusal, attempt.number - 1
-            )
-            if judgement.escalated:
-                result = escalated(judgement.verdict is Verdict.RELAY_DOWN)
-                if judgement.verdict is Verdict.RELAY_DOWN:  # else a throttle: no pause
-                    cause = PauseCause.BURST
-        meanwhile = self._accepted - attempt.accepted_before
-        if result.then is Next.RETRY and spent_after_all(attempt.free + 1, meanwhile):
-            result = counted_after_all(result)
-            error = f"{error} (relay-wide refusals for this destination while other mail went out)"
-        self._tell_health(result, error, attempt.started, cause, judgement)
-        if result.state == EXPIRED:
-            await self._expire(attempt)
-        elif result.state == REJECTED:
-            log.error(
-                result.event,
-                **ids,
-                error=error,
-                note="permanent failure: not retried; the message stays in Kanidm's queue",
-            )
-            self._metrics.permanent_failures.inc()
-            await self._journal.record(
-                message_id,
-                destination,
-                REJECTED,
-                now=self._clock(),
-                attempts=attempt.number,
-                reply=error[:500],
-            )
-        elif result.state == DEFERRED:
-            delay = await self._defer(attempt, error)
-            log.log(
-                logging.ERROR if result.event == "message.render_failed" else logging.WARNING,
-                result.event,
-                **ids,
-                error=error,
-                attempts=attempt.number,
-                retry_in_seconds=round(delay, 1),
-            )
-        if judgement is not None and judgement.burst:
-            await self._put_back(judgement, error)
-        return result.then
-
-    def _tell_health(
-        self,
-        result: Outcome,
-        error: str,
-        started: float,
-        cause: PauseCause,
-        judgement: Judgement | None,
-    ) -> None:
-        health, now = self._health, time.monotonic()
-        event = result.health
-        reason = judgement.reason if judgement is not None else ""
-        if event is HealthEvent.THROTTLED:
-            change = health.throttled(now, error, reason=reason)
-        elif event is HealthEvent.RELAY_DOWN:
-            change = health.relay_down(now, error, cause=cause, reason=reason)
-        elif event is HealthEvent.TRANSPORT_FAILED:
-            change = health.transport_failed(now, error)
-        elif event is HealthEvent.SUCCEEDED:
-            change = health.succeeded(started)
-        else:
-            change = health.cancelled()
-        self._admission.report(change, error, counted=result.counted)
-
-    async def _put_back(self, judgement: Judgement, error: str) -> None:
-        """The destinations a burst rejected before it was seen for what it is: deferred
-        again, their attempts as before, due when the pause ends."""
-        now = self._clock()
-        due = now + max(0.0, self._health.paused_until - time.monotonic())
-        for seen in judgement.burst:
-            await self._journal.record(
-                seen.message_id,
-                seen.destination,
-                DEFERRED,
-                now=now,
-                attempts=seen.attempts_before,
-                next_attempt=due,
-                reply=f"put back after a relay-wide refusal: {error}"[:500],
-            )
-        self._metrics.put_back.inc(len(judgement.burst))
-        log.warning(
-            "relay.burst_put_back",
-            destinations=len(judgement.burst),
-            message_ids=sorted({str(seen.message_id) for seen in judgement.burst}),
-            note="rejected in the burst before it was recognised; deferred again, no attempt spent",
-        )
-
-    async def _defer(self, attempt: Attempt, error: str) -> float:
-        self._metrics.transient_failures.inc()
-        delay = backoff_delay(
-            attempt.number, initial=self._s.retry_initial, maximum=self._s.retry_max
-        )
-        now = self._clock()
-        await self._journal.record(
-            attempt.message.id,
-            attempt.destination,
-            DEFERRED,
-            now=now,
-            attempts=attempt.number,
-            next_attempt=now + delay,
-            reply=error[:500],
-        )
-        return delay
-
-    async def _expire(self, attempt: Attempt) -> None:
-        await record_expired(
-            self._journal, self._metrics, attempt.message.id, [attempt.destination], self._clock()
         )
 
 
