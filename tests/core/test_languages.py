@@ -15,8 +15,8 @@ import pytest
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 
-from kanidm_mail_sender.core.catalogs import SHIPPED_DIR, Catalogs, bcp47
 from kanidm_mail_sender.core import mail
+from kanidm_mail_sender.core.catalogs import SHIPPED_DIR, Catalogs, bcp47
 from kanidm_mail_sender.core.mail import MailIdentity, build_message
 from kanidm_mail_sender.core.messages import (
     CredentialResetV1,
