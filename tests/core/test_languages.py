@@ -34,7 +34,7 @@ RESET = CredentialResetV1("Zoë Ämtler", "k4p9x-2hzat-vqe7c-83wbj", NOW + timed
 TEST = TestMessageV1("Zoë Ämtler")
 INSTANCE = "Example IdM"
 IDENTITY = MailIdentity(INSTANCE, "idm@example.com", "support@example.com")
-SHIPPED = Catalogs().shipped()
+SHIPPED = Catalogs().languages()
 ASKED = ["en", "de", "fr", "es", "it", "nl", "pt-BR", "pl", "sv", "da", "nb", "fi", "cs", "ja"]
 
 
@@ -56,15 +56,22 @@ def _render(renderer: Renderer, template: Template, language: str | None) -> Ren
     )
 
 
-def _parsed(rendered: RenderedMail) -> EmailMessage:
-    data = build_message(
+def _built(
+    rendered: RenderedMail,
+    identity: MailIdentity = IDENTITY,
+    destination: str = "zoe@example.com",
+) -> bytes:
+    return build_message(
         rendered,
-        identity=IDENTITY,
-        destination="zoe@example.com",
+        identity=identity,
+        destination=destination,
         message_id=SAMPLE_MESSAGE_ID,
         date=NOW,
     ).data
-    parsed = email.message_from_bytes(data, policy=email.policy.default)
+
+
+def _parsed(rendered: RenderedMail) -> EmailMessage:
+    parsed = email.message_from_bytes(_built(rendered), policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     return parsed
 
@@ -147,13 +154,7 @@ def test_a_german_mail_reads_the_expiry_in_german_and_in_berlin() -> None:
 
 def test_a_japanese_subject_is_encoded_and_reads_back() -> None:
     rendered = _render(_renderer(language="ja"), RESET, None)
-    data = build_message(
-        rendered,
-        identity=MailIdentity("例の認証", "idm@example.com", "support@example.com"),
-        destination="zoe@example.com",
-        message_id=SAMPLE_MESSAGE_ID,
-        date=NOW,
-    ).data
+    data = _built(rendered, MailIdentity("例の認証", "idm@example.com", "support@example.com"))
     head = data.split(b"\r\n\r\n", 1)[0]
     assert head.isascii()  # RFC 2047 encoded words, no raw UTF-8 in the headers
     assert b"=?utf-8?" in head
@@ -176,13 +177,8 @@ def test_english_renders_as_it_did_with_only_content_language_added(kind: str) -
     rendered = renderer.render(
         template, message_id=SAMPLE_MESSAGE_ID, destination="alice@example.com"
     )
-    data = build_message(
-        rendered,
-        identity=MailIdentity("Kanidm", "idm@example.com", "support@example.com"),
-        destination="alice@example.com",
-        message_id=SAMPLE_MESSAGE_ID,
-        date=NOW,
-    ).data
+    identity = MailIdentity("Kanidm", "idm@example.com", "support@example.com")
+    data = _built(rendered, identity, "alice@example.com")
     assert data == (GOLDEN / f"{kind}.eml").read_bytes()
 
 

@@ -57,6 +57,7 @@ class Catalogs:
 
     extra_dir: Path | None = None
     _loaded: dict[str, NullTranslations] = field(default_factory=dict, init=False, repr=False)
+    _names: frozenset[str] = field(default=frozenset(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.extra_dir is not None and not self.extra_dir.is_dir():
@@ -64,17 +65,16 @@ class Catalogs:
                 f"mail_catalog_dir {self.extra_dir} is not a directory; point it at a "
                 "directory of <language>/LC_MESSAGES/messages.po, or remove the key"
             )
-
-    def languages(self) -> list[str]:
-        """Every language with a catalog (Babel names), and English, sorted."""
+        # Found once: a catalog added while the daemon runs is read at the next start, as
+        # its translations are.
         found = {DEFAULT_LANGUAGE}
         for root in self._roots():
             found |= {p.parent.parent.name for p in root.glob(f"*/LC_MESSAGES/{_DOMAIN}.po")}
-        return sorted(found)
+        self._names = frozenset(found)
 
-    def shipped(self) -> list[str]:
-        """The languages this package ships (Babel names), English included."""
-        return Catalogs().languages()
+    def languages(self) -> list[str]:
+        """Every language with a catalog (Babel names), and English, sorted."""
+        return sorted(self._names)
 
     def match(self, tag: str) -> str | None:
         """The language with a catalog that serves ``tag`` best (``de-AT`` -> ``de``), or
@@ -82,8 +82,12 @@ class Catalogs:
         name = locale_name(tag)
         if name is None:
             return None
-        known = set(self.languages())
-        return next((n for n in _fallbacks(name) if n in known), None)
+        return next((n for n in _fallbacks(name) if n in self._names), None)
+
+    def unserved(self, tag: str) -> str:
+        """What to tell the operator of a language ``tag`` that no catalog serves."""
+        there = ", ".join(bcp47(name) for name in self.languages())
+        return f"{tag!r}: no catalog serves it; there are: {there} (or add one in mail_catalog_dir)"
 
     def translations(self, name: str) -> NullTranslations:
         """The compiled catalog of ``name`` (a result of :meth:`match`); for English the

@@ -75,6 +75,8 @@ def sample_template(kind: str, now: datetime) -> Template:
     raise TemplateError(f"unknown message kind {kind!r}; known kinds: {', '.join(TEMPLATE_KINDS)}")
 
 
+_ASKED = 1024  # languages asked for by messages whose answer is remembered
+
 # What a template calls when it translates at render time ("*": it may, unseen).
 _GETTEXT = frozenset({"gettext", "ngettext", "pgettext", "npgettext", "_", "*"})
 # Names a template may read and still render the same for every mail of one language.
@@ -203,19 +205,10 @@ class Renderer:
         )
         default = self._catalogs.match(language)
         if default is None:
-            raise TemplateError(
-                f"mail_language {language!r}: no catalog serves it; there are: "
-                f"{', '.join(bcp47(n) for n in self._catalogs.languages())} (or add one in "
-                "mail_catalog_dir)"
-            )
+            raise TemplateError(f"mail_language {self._catalogs.unserved(language)}")
         self._languages: dict[str, _Language] = {}
         self._default = self.language(default)
         self._asked: dict[str, _Language | None] = {}
-
-    @property
-    def default_language(self) -> str:
-        """The configured language, as a BCP 47 tag."""
-        return self._default.tag
 
     def language(self, name: str) -> _Language:
         """The templates of ``name`` (a Babel locale name with a catalog), built once."""
@@ -235,6 +228,8 @@ class Renderer:
         if asked is None:
             return self._default, False
         if asked not in self._asked:
+            if len(self._asked) >= _ASKED:  # the tags come from the queue: bounded
+                self._asked.clear()
             name = self._catalogs.match(asked)
             self._asked[asked] = None if name is None else self.language(name)
         found = self._asked[asked]
@@ -347,6 +342,10 @@ class Renderer:
     def languages(self) -> list[str]:
         """Every language with a catalog (Babel names)."""
         return self._catalogs.languages()
+
+    def unserved(self, tag: str) -> str:
+        """What to tell the operator of a language ``tag`` that no catalog serves."""
+        return self._catalogs.unserved(tag)
 
 
 def _rfc5322(moment: datetime, zone: tzinfo) -> str:

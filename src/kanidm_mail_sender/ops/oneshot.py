@@ -99,10 +99,7 @@ def render_preview(configs: Configs, kind: str, language: str | None = None) -> 
         language=language,
     )
     if rendered.unserved is not None:
-        raise ConfigError(
-            f"--language {language!r}: no catalog serves it; there are: "
-            f"{', '.join(bcp47(name) for name in renderer.languages())}"
-        )
+        raise ConfigError(f"--language {renderer.unserved(str(language))}")
     return build_message(
         rendered,
         identity=_identity(config),
