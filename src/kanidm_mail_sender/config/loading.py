@@ -70,7 +70,7 @@ def _explain(
         typo = difflib.get_close_matches(key, unknown, n=1, cutoff=0.6)
         if item["type"] == "missing" and typo:
             hint = f"the file has '{typo[0]}', which this version does not know: a typo?"
-        lines.append(f"{path}: key '{key}': {message}; {hint}")
+        lines.append(located(path, key, f"{message}; {hint}"))
     return ConfigError("\n".join(lines))
 
 
@@ -113,9 +113,13 @@ def load_mail_config(
     relay = config.relay
     if relay.legacy:
         warnings.append(
-            f"{path}: key 'mail_relay': {data.get('mail_relay')!r} is the Kanidm 1.10 form, read "
-            f'as implicit TLS to port {relay.port}; write mail_relay = "{relay.describe()}" '
-            "(Kanidm 1.11 refuses the bare form)"
+            located(
+                path,
+                "mail_relay",
+                f"{data.get('mail_relay')!r} is the Kanidm 1.10 form, read as implicit TLS to "
+                f'port {relay.port}; write mail_relay = "{relay.describe()}" (Kanidm 1.11 '
+                "refuses the bare form)",
+            )
         )
     if config.mail_username and config.mail_password is None and config.oauth2() is None:
         warnings.append(
@@ -124,9 +128,13 @@ def load_mail_config(
         )
     if config.standby_delay_seconds >= _RESET_LINK_LIFE:
         warnings.append(
-            f"{path}: key 'standby_delay_seconds': {config.standby_delay_seconds:g} s is as long "
-            "as a reset link lives by default (1 hour): while the primary is down, this standby "
-            "would send such links dead or not at all; use a few minutes (300 to 600)"
+            located(
+                path,
+                "standby_delay_seconds",
+                f"{config.standby_delay_seconds:g} s is as long as a reset link lives by default "
+                "(1 hour): while the primary is down, this standby would send such links dead "
+                "or not at all; use a few minutes (300 to 600)",
+            )
         )
     if config.mail_password is not None and not config.mail_username:
         warnings.append(
@@ -147,8 +155,11 @@ def load_client_config(path: Path) -> Loaded[ClientConfig]:
     ]
     if "uri" not in data:
         raise ConfigError(
-            f"{path}: key 'uri': missing; add the URL of your Kanidm server, "
-            'for example uri = "https://idm.example.com"'
+            located(
+                path,
+                "uri",
+                'missing; add the URL of your Kanidm server, for example uri = "https://idm.example.com"',
+            )
         )
     try:
         config = ClientConfig.model_validate(data)
